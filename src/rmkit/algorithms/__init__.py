@@ -20,6 +20,8 @@ from rmkit.algorithms.losses import (
     kl_k3,
     policy_loss,
     sft_loss,
+    sft_loss_selected,
+    supervised_mask,
     token_logprobs,
 )
 from rmkit.algorithms.registry import ALGORITHMS, Algorithm, compute_advantages, get_algorithm
@@ -43,5 +45,7 @@ __all__ = [
     "policy_loss",
     "reinforce_pp_advantages",
     "sft_loss",
+    "sft_loss_selected",
+    "supervised_mask",
     "token_logprobs",
 ]

@@ -145,6 +145,37 @@ def aggregate_loss(
     )
 
 
+def supervised_mask(labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """(B, T) bool, True at the positions whose logits predict a counted label.
+
+    Position t predicts ``labels[:, t + 1]``, so the last column is always False. Passed to a
+    Hugging Face model as ``logits_to_keep``, it makes the output head run only there: an SFT
+    target of a few tokens then skips the vocabulary projection of the whole prompt.
+    """
+    mask = torch.zeros(labels.shape, dtype=torch.bool, device=labels.device)
+    mask[:, :-1] = labels[:, 1:] != ignore_index
+    return mask
+
+
+def sft_loss_selected(
+    logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, reduction: str = "mean"
+) -> torch.Tensor:
+    """:func:`sft_loss` from the logits of the ``mask`` positions only.
+
+    ``logits``: (N, V), the rows of the positions where ``mask`` (from :func:`supervised_mask`,
+    N True entries, row-major) is True; ``labels``: (B, T). Same value as ``sft_loss`` on the
+    full logits.
+    """
+    targets = labels[:, 1:].to(logits.device)[mask[:, :-1].to(logits.device)]
+    x = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    total = F.cross_entropy(x, targets, reduction="sum")
+    if reduction == "sum":
+        return total
+    if reduction != "mean":
+        raise RmkitError(f"sft_loss reduction must be 'mean' or 'sum', got {reduction!r}")
+    return total / max(int(targets.numel()), 1)
+
+
 def sft_loss(
     logits: torch.Tensor,
     labels: torch.Tensor,

@@ -114,6 +114,9 @@ class RLSection(StrictModel):
     shared_prompts: bool = Field(
         True, description="run each prompt once per micro-batch in log-prob passes (text models)"
     )
+    merge_lora_for_rollout: bool = Field(
+        True, description="generate with LoRA folded into the weights (restored exactly after)"
+    )
     rollout_dtype: Literal["float32", "bfloat16"] | None = Field(
         None, description="bfloat16: generate under bf16 autocast (default: the model's dtype)"
     )

@@ -251,7 +251,6 @@ def optimizer_step(run: Run) -> float:
 def after_step(run: Run, metrics: dict[str, float], bar, fields: dict[str, Any]) -> None:
     """Log (every N steps), update progress, checkpoint (every N steps)."""
     from rmkit.training.checkpoint import save_checkpoint
-
     from rmkit.training.evaluate import maybe_evaluate
 
     cfg = run.cfg

@@ -256,14 +256,13 @@ def _step_metrics(
     return m
 
 
-def run_rl(cfg, resume: bool = False) -> dict[str, Any]:
-    """Train ``cfg`` (stage rl) to ``cfg.output``; returns a summary of the run."""
+def prepare_rl(cfg, resume: bool = False) -> Run:
+    """Everything an RL run needs before its first step (see :func:`run_rl`)."""
     from rmkit.generation.hf import HFBackend
     from rmkit.prompts import get_template
     from rmkit.rewards import compose
     from rmkit.training.evaluate import setup_eval
     from rmkit.training.rollout import suppress_media_tokens
-    from rmkit.utils.console import Progress
 
     run = setup_run(cfg, resume, prompt_filter(cfg))
     suppress_media_tokens(run.loaded)
@@ -280,6 +279,14 @@ def run_rl(cfg, resume: bool = False) -> dict[str, Any]:
     )
     setup_eval(run)
     run.model.train()
+    return run
+
+
+def run_rl(cfg, resume: bool = False) -> dict[str, Any]:
+    """Train ``cfg`` (stage rl) to ``cfg.output``; returns a summary of the run."""
+    from rmkit.utils.console import Progress
+
+    run = prepare_rl(cfg, resume)
     try:
         with Progress(f"rl ({cfg.rl.algorithm})", total=run.total_steps, unit="steps") as bar:
             if run.step:

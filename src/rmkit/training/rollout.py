@@ -65,8 +65,11 @@ def make_rollout(run, records: list[dict], epoch: int) -> Rollout:
     was_training = model.training
     model.eval()
     before = dict(run.backend.stats)
+    from rmkit.training.model import merged_lora
+
+    merge = cfg.rl.merge_lora_for_rollout and cfg.weights.mode == "lora"
     try:
-        with rollout_precision(cfg.rl.rollout_dtype, run.accel.device):
+        with rollout_precision(cfg.rl.rollout_dtype, run.accel.device), merged_lora(model, merge):
             per_prompt = run.backend.generate(convs, params)
     finally:
         model.train(was_training)

@@ -59,8 +59,25 @@ def supervised_tokens(ex: dict) -> int:
     return int((ex["labels"][1:] != IGNORE).sum())
 
 
+def chunk_loss(model, inputs: dict, labels):
+    """Summed token loss of one micro-batch; the output head runs only where a label is counted
+    (``logits_to_keep`` = :func:`~rmkit.algorithms.supervised_mask`), falling back to full
+    logits for a model that does not take a position mask."""
+    from rmkit.algorithms import sft_loss, sft_loss_selected, supervised_mask
+
+    mask = supervised_mask(labels)
+    if bool(mask.any()):
+        try:
+            logits = model(**inputs, use_cache=False, logits_to_keep=mask).logits
+        except TypeError:
+            logits = None
+        if logits is not None and logits.dim() == 2 and logits.shape[0] == int(mask.sum()):
+            return sft_loss_selected(logits, labels, mask, reduction="sum")
+    logits = model(**inputs, use_cache=False).logits
+    return sft_loss(logits, labels, reduction="sum")
+
+
 def sft_step(run: Run) -> tuple[dict[str, float], dict[str, Any]]:
-    from rmkit.algorithms import sft_loss
     from rmkit.models.chat import collate
     from rmkit.training.data import shard
 
@@ -80,8 +97,7 @@ def sft_step(run: Run) -> tuple[dict[str, float], dict[str, Any]]:
         inputs = {key: v.to(accel.device) for key, v in collate(run.loaded, chunk).items()}
         labels = inputs.pop("labels")
         with accumulate(run, last=k == len(chunks) - 1):
-            logits = run.model(**inputs, use_cache=False).logits
-            total = sft_loss(logits, labels, reduction="sum")
+            total = chunk_loss(run.model, inputs, labels)
             # DDP averages gradients over processes; scale so the result is the global token mean.
             backward(run, total * run.world / max(n_sup, 1.0))
         loss_sum += float(total.detach())
@@ -104,9 +120,8 @@ def sft_step(run: Run) -> tuple[dict[str, float], dict[str, Any]]:
 
 def run_sft(cfg, resume: bool = False) -> dict[str, Any]:
     """Train ``cfg`` (stage sft) to ``cfg.output``; returns a summary of the run."""
-    from rmkit.utils.console import Progress
-
     from rmkit.training.evaluate import setup_eval
+    from rmkit.utils.console import Progress
 
     run = setup_run(cfg, resume)
     setup_eval(run)

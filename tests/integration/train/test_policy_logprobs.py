@@ -99,3 +99,22 @@ def test_shared_prompt_pass_gives_the_same_logprobs_and_gradients(policy):
     assert scale > 0
     for name in g_full:
         assert torch.allclose(g_full[name], g_shared[name], atol=1e-5 * scale), name
+
+
+def test_folding_lora_for_generation_is_exact_and_undone(policy):
+    from rmkit.training.model import merged_lora
+
+    model = policy.model.eval()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    ids = torch.randint(3, 900, (2, 12), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        plain = model(input_ids=ids).logits
+        with merged_lora(model) as n_folded:
+            folded = model(input_ids=ids).logits
+            assert n_folded == 14  # every adapted linear layer of the tiny Llama
+        after = model(input_ids=ids).logits
+    assert torch.allclose(plain, folded, atol=1e-5)
+    assert torch.equal(plain, after)
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+    with merged_lora(model, enabled=False) as n_folded:
+        assert n_folded == 0

@@ -146,3 +146,29 @@ def test_token_logprobs():
     # temperature 2 halves the logits: [0, ln3/2, 0] -> p(1) = sqrt3 / (2 + sqrt3)
     hot = token_logprobs(logits, torch.tensor([[1, 2]]), temperature=2.0)
     assert hot[0, 0].item() == pytest.approx(math.log(math.sqrt(3) / (2 + math.sqrt(3))), rel=1e-6)
+
+
+def test_supervised_mask_and_selected_loss_match_full_loss():
+    from rmkit.algorithms import sft_loss_selected, supervised_mask
+
+    logits = torch.tensor(
+        [[[0.0, 0.0, 0.0], [100.0, -100.0, 5.0], [0.0, math.log(3), 0.0], [9.0, 9.0, -9.0]]]
+    )
+    labels = torch.tensor([[-100, 2, -100, 1]])
+    mask = supervised_mask(labels)
+    # positions 0 (predicts label 2) and 2 (predicts label 1); the last column is never kept
+    assert mask.tolist() == [[True, False, True, False]]
+    picked = logits[mask]  # what logits_to_keep=mask makes the model return: (2, V)
+    assert sft_loss_selected(picked, labels, mask, reduction="sum").item() == pytest.approx(
+        math.log(5), rel=1e-6
+    )
+    assert sft_loss_selected(picked, labels, mask).item() == pytest.approx(
+        math.log(5) / 2, rel=1e-6
+    )
+    two = torch.tensor([[-100, -100, 0, 1], [-100, 1, -100, -100]])
+    full = torch.randn(2, 4, 3)
+    m2 = supervised_mask(two)
+    assert m2.tolist() == [[False, True, True, False], [True, False, False, False]]
+    assert sft_loss_selected(full[m2], two, m2, "sum").item() == pytest.approx(
+        sft_loss(full, two, reduction="sum").item(), rel=1e-6
+    )
