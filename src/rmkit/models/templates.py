@@ -14,6 +14,7 @@ SMOLLM2_SYSTEM_PROMPT = "You are a helpful AI assistant named SmolLM, trained by
 # The placeholder a processor expects for one image, per model family.
 QWEN_VL_IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
 IDEFICS3_IMAGE = "<image>"
+LLAVA_IMAGE = "<image>"
 
 
 def _quote(text: str) -> str:

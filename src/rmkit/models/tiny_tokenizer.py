@@ -22,6 +22,7 @@ IDEFICS3_SPECIALS = [
     "<end_of_utterance>",
     "<global-img>",
 ] + [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]
+LLAVA_SPECIALS = ["<image>"]
 
 DEFAULT_VOCAB_SIZE = 1024
 _SEED = 20240601

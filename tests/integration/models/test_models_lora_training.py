@@ -43,7 +43,9 @@ def test_text_lora_grads_only_on_adapters(tiny_text_model):
     assert any(".lora_B." in n for n in grads)  # B starts at zero but receives gradient
 
 
-@pytest.mark.parametrize("name", ["tiny-qwen2.5-vl", "tiny-idefics3"])
+@pytest.mark.parametrize(
+    "name", ["tiny-qwen2.5-vl", "tiny-idefics3", "tiny-llava", "tiny-qwen3-vl"]
+)
 def test_vlm_lora_leaves_vision_out_by_default(name, image_files):
     loaded = load_model(name)
     model = apply_lora(loaded.model, LoraSettings(r=4, alpha=8))
@@ -57,7 +59,9 @@ def test_vlm_lora_leaves_vision_out_by_default(name, image_files):
     assert by_part["tower"]["total"] > 0 and by_part["projector"]["total"] > 0
 
 
-@pytest.mark.parametrize("name", ["tiny-qwen2.5-vl", "tiny-idefics3"])
+@pytest.mark.parametrize(
+    "name", ["tiny-qwen2.5-vl", "tiny-idefics3", "tiny-llava", "tiny-qwen3-vl"]
+)
 def test_vlm_lora_includes_vision_when_asked(name, image_files):
     loaded = load_model(name)
     model = apply_lora(loaded.model, LoraSettings(r=4, alpha=8, include_vision=True))

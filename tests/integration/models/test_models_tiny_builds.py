@@ -11,8 +11,15 @@ from rmkit.models.registry import resolve_model
 from rmkit.utils.io import read_json
 
 # Parameter counts fixed by the recipes in rmkit.models.tiny (vocabulary: 1024 BPE entries plus
-# 0 / 4 / 40 extra special tokens).
-PARAMS = {"tiny-llama": 139_584, "tiny-qwen2.5-vl": 278_912, "tiny-idefics3": 246_400}
+# 0 / 4 / 4 / 40 / 1 extra special tokens).
+PARAMS = {
+    "tiny-llama": 139_584,
+    "tiny-qwen2.5-vl": 278_912,
+    "tiny-qwen3-vl": 315_328,
+    "tiny-idefics3": 246_400,
+    "tiny-llava": 239_200,
+}
+VLMS = [name for name in PARAMS if name != "tiny-llama"]
 
 
 def _digest(folder):
@@ -71,7 +78,7 @@ def test_text_generate_and_save_reload(tiny_text_model, tmp_path):
     assert AutoTokenizer.from_pretrained(tmp_path).chat_template == loaded.tokenizer.chat_template
 
 
-@pytest.mark.parametrize("name", ["tiny-qwen2.5-vl", "tiny-idefics3"])
+@pytest.mark.parametrize("name", VLMS)
 def test_vlm_forward_generate_save_reload(name, image_files, tmp_path, rmkit_home):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -100,3 +107,30 @@ def test_vlm_forward_generate_save_reload(name, image_files, tmp_path, rmkit_hom
     assert type(processor) is type(loaded.processor)
     with torch.no_grad():
         assert torch.allclose(model(**batch).logits, logits)
+
+
+def _image_prompt(image) -> list[dict]:
+    content = [{"type": "image", "image": str(image)}, {"type": "text", "text": "What?"}]
+    return [{"role": "user", "content": content}]
+
+
+def test_qwen3_vl_deepstack_and_patch_grid(image_files, rmkit_home):
+    from rmkit.models.chat import prepare_inputs
+
+    loaded = load_model("tiny-qwen3-vl")
+    visual = loaded.model.model.visual
+    assert visual.deepstack_visual_indexes == [0] and len(visual.deepstack_merger_list) == 1
+    # red 64x48 -> 64x64 (the 4-token floor): a 4x4 grid of 16-pixel patches, merged 2x2.
+    batch = prepare_inputs(loaded, [_image_prompt(image_files[0])])
+    assert batch["image_grid_thw"].tolist() == [[1, 4, 4]]
+    image_id = loaded.model.config.image_token_id
+    assert int((batch["input_ids"] == image_id).sum()) == 4
+    assert batch["pixel_values"].shape == (16, 3 * 2 * 16 * 16)
+    with torch.no_grad():
+        logits = loaded.model(**batch).logits
+        # The deepstack merger feeds block 0's features into the first decoder layer, so
+        # silencing it must change the output.
+        for param in visual.deepstack_merger_list.parameters():
+            param.zero_()
+        silenced = loaded.model(**batch).logits
+    assert not torch.allclose(silenced, logits, atol=1e-4)
