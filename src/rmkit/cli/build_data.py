@@ -16,6 +16,8 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
+from rmkit.cli.common import dry_run_option, out_console, overrides_argument, print_config
+
 
 class BuildDataGroup(TyperGroup):
     """``build-data``: subcommands by name, anything else goes to the build command itself."""
@@ -50,9 +52,7 @@ def build_data_cmd(
         help="A `kind: build-data` recipe (optional when --format/--input are given).",
         show_default=False,
     ),
-    overrides: list[str] = typer.Argument(
-        None, help="key.path=value overrides, e.g. seed=3 splits.train=0.8", show_default=False
-    ),
+    overrides: list[str] = overrides_argument("seed=3 splits.train=0.8"),
     fmt: str = typer.Option(
         None,
         "--format",
@@ -89,7 +89,7 @@ def build_data_cmd(
     list_formats: bool = typer.Option(
         False, "--list-formats", help="List the converters and exit."
     ),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and exit."),
+    dry_run: bool = dry_run_option(),
 ) -> None:
     """Convert preference data into unified records: balanced, deduplicated, split by prompt.
 
@@ -140,8 +140,6 @@ def build_data_cmd(
             base[key] = value
     cfg = load_config(recipe, overrides, kind="build-data", base=base)
     if dry_run:
-        from rmkit.cli.common import print_config
-
         print_config(cfg)
         return
     if not cfg.output:
@@ -180,8 +178,6 @@ def _kv(text: str) -> tuple[str, str]:
 
 def _summary(manifest: dict, output: str) -> None:
     from rich.table import Table
-
-    from rmkit.cli.common import out_console
 
     t = Table(title=f"rmkit build-data -> {output}")
     t.add_column("source")
@@ -302,8 +298,6 @@ def caption_cmd(
         manifest = caption_dataset(dataset, output, backend, model_id, settings, cache)
     finally:
         backend.close()
-    from rmkit.cli.common import out_console
-
     im, counts = manifest["images"], manifest["counts"]
     out_console().print(
         f"captions: {im['images']} image(s), {im['captioned']} new, {im['from_cache']} from the cache; "
@@ -351,8 +345,6 @@ def mix_cmd(
         splits=splits,
         repeat=repeat,
     )
-    from rmkit.cli.common import out_console
-
     con = out_console()
     for part in manifest["parts"]:
         con.print(f"{part['path']}: " + ", ".join(f"{s} {n}" for s, n in part["taken"].items()))

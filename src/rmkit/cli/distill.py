@@ -12,40 +12,24 @@ the same ``--output`` continues where the last run stopped.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
+from rmkit.cli import common
+
 # Option name -> dotted config key.
 _KEYS = {
+    **{k: k for k in ("output", "mode", "split", "image_root", "template", "seed", "limit")},
     "input_path": "input",
-    "output": "output",
-    "mode": "mode",
-    "split": "split",
-    "image_root": "image_root",
-    "template": "template",
-    "seed": "seed",
-    "limit": "limit",
-    "base_url": "teacher.base_url",
-    "api_model": "teacher.api_model",
-    "api_key_env": "teacher.api_key_env",
-    "concurrency": "teacher.concurrency",
-    "timeout": "teacher.timeout",
-    "max_retries": "teacher.max_retries",
-    "model": "teacher.model",
-    "adapter": "teacher.adapter",
-    "dtype": "teacher.dtype",
-    "batch_size": "teacher.batch_size",
-    "samples": "sampling.samples",
-    "temperature": "sampling.temperature",
-    "top_p": "sampling.top_p",
-    "max_new_tokens": "sampling.max_new_tokens",
+    **common.section_keys(
+        "teacher", common.LOCAL_FIELDS + common.API_FIELDS + ("timeout", "max_retries")
+    ),
+    **common.section_keys("sampling", ("samples", *common.SAMPLING_FIELDS)),
     "fmt": "filters.format",
     "correct_filter": "filters.correct",
     "keep": "rejection.keep",
-    "image_records": "cmkd.image_records",
-    "image_template": "cmkd.image_template",
+    **common.section_keys("cmkd", ("image_records", "image_template")),
     "price_input": "pricing.input_per_1m",
     "price_output": "pricing.output_per_1m",
 }
@@ -60,32 +44,22 @@ def distill_cmd(
     input_path: str = typer.Option(
         None, "--input", "-i", help="Records JSONL (or a build-data folder)."
     ),
-    output: str = typer.Option(None, "--output", "-o", help="Output folder (resumable)."),
-    base_url: str = typer.Option(
-        None, "--base-url", help="Teacher API: OpenAI-compatible endpoint."
+    output: str = common.option("output", "Output folder (resumable)."),
+    base_url: str = common.option("base_url", "Teacher API: OpenAI-compatible endpoint."),
+    api_model: str = common.option("api_model"),
+    model: str = common.option(
+        "model", "Local model instead of an API: folder, built-in name or hub id."
     ),
-    api_model: str = typer.Option(None, "--api-model", help="Model name sent to --base-url."),
-    model: str = typer.Option(
-        None,
-        "--model",
-        "-m",
-        help="Local model instead of an API: folder, built-in name or hub id.",
-    ),
-    adapter: str = typer.Option(None, "--adapter", help="PEFT adapter folder applied to --model."),
+    adapter: str = common.option("adapter"),
     mode: str = typer.Option(
         None, "--mode", help="teacher (default), rejection-sampling, or cmkd."
     ),
     samples: int = typer.Option(
         None, "--samples", "-n", help="Traces sampled per record (default 4)."
     ),
-    concurrency: int = typer.Option(
-        None, "--concurrency", help="API requests in flight (default 8)."
-    ),
-    template: str = typer.Option(
-        None,
-        "--template",
-        "-t",
-        help="Judge template name or file (default 'default'; cmkd: 'msrl').",
+    concurrency: int = common.option("concurrency"),
+    template: str = common.option(
+        "template", "Judge template name or file (default 'default'; cmkd: 'msrl')."
     ),
     image_records: str = typer.Option(
         None,
@@ -106,41 +80,27 @@ def distill_cmd(
         "--correct-filter/--no-correct-filter",
         help="Keep only traces whose verdict matches the label (default on).",
     ),
-    temperature: float = typer.Option(
-        None, "--temperature", help="Sampling temperature (default 1.0)."
+    temperature: float = common.option("temperature", "Sampling temperature (default 1.0)."),
+    top_p: float = common.option("top_p", "Nucleus sampling top-p (default 1.0)."),
+    max_new_tokens: int = common.option("max_new_tokens", "Longest trace (default 1024)."),
+    seed: int = common.option("seed", "Seed of candidate orders and sampling (default 0)."),
+    limit: int = common.option("limit", "Process only the first N records."),
+    split: str = common.option(
+        "split", "Split file read when --input is a folder (default train)."
     ),
-    top_p: float = typer.Option(None, "--top-p", help="Nucleus sampling top-p (default 1.0)."),
-    max_new_tokens: int = typer.Option(
-        None, "--max-new-tokens", help="Longest trace (default 1024)."
+    image_root: str = common.option(
+        "image_root", "Folder relative image paths start from (default: the input's folder)."
     ),
-    seed: int = typer.Option(
-        None, "--seed", help="Seed of candidate orders and sampling (default 0)."
-    ),
-    limit: int = typer.Option(None, "--limit", help="Process only the first N records."),
-    split: str = typer.Option(
-        None, "--split", help="Split file read when --input is a folder (default train)."
-    ),
-    image_root: str = typer.Option(
-        None,
-        "--image-root",
-        help="Folder relative image paths start from (default: the input's folder).",
-    ),
-    api_key_env: str = typer.Option(
-        None,
-        "--api-key-env",
-        help="Environment variable holding the API key (default OPENAI_API_KEY).",
-    ),
+    api_key_env: str = common.option("api_key_env"),
     timeout: float = typer.Option(
         None, "--timeout", help="Seconds to wait for one API answer (default 120)."
     ),
     max_retries: int = typer.Option(
         None, "--max-retries", help="Retries per API request (default 8)."
     ),
-    dtype: str = typer.Option(
-        None, "--dtype", help="Local weights dtype: float32, bfloat16, float16."
-    ),
-    batch_size: int = typer.Option(
-        None, "--batch-size", help="Local sequences per generate batch (default 16)."
+    dtype: str = common.option("dtype"),
+    batch_size: int = common.option(
+        "batch_size", "Local sequences per generate batch (default 16)."
     ),
     price_input: float = typer.Option(
         None, "--price-input", help="Cost estimate: price per 1M prompt tokens."
@@ -148,35 +108,29 @@ def distill_cmd(
     price_output: float = typer.Option(
         None, "--price-output", help="Cost estimate: price per 1M completion tokens."
     ),
-    recipe: Path = typer.Option(
-        None, "--recipe", help="A `kind: distill` recipe; options and --set override it."
-    ),
-    sets: list[str] = typer.Option(
-        None, "--set", help="key.path=value override, e.g. --set filters.dedupe=false (repeatable)."
-    ),
+    recipe: Path = common.recipe_option("distill"),
+    sets: list[str] = common.set_option("filters.dedupe=false"),
     restart: bool = typer.Option(
         False,
         "--restart",
         help="Discard the outputs in --output and start over (the request cache is kept).",
     ),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and exit."),
+    dry_run: bool = common.dry_run_option(),
 ) -> None:
     """Distil chain-of-thought judge traces into SFT records (teacher, rejection sampling, CMKD)."""
     given = {k: v for k, v in locals().items() if k in _KEYS and v is not None}
     from rmkit.config.kinds import load_config
 
-    for key in _PATHS:
-        if key in given:  # CLI paths are relative to the working directory, not the recipe
-            given[key] = str(Path(given[key]).expanduser().absolute())
-    for key in ("model", "template", "image_template"):
-        if key in given and Path(given[key]).expanduser().exists():
-            given[key] = str(Path(given[key]).expanduser().absolute())
-    overrides = [f"{_KEYS[k]}={json.dumps(v)}" for k, v in given.items()] + list(sets or [])
+    overrides = common.option_overrides(
+        given,
+        _KEYS,
+        sets or [],
+        paths=_PATHS,
+        maybe_paths=("model", "template", "image_template"),
+    )
     cfg = load_config(recipe, overrides, kind="distill")
     if dry_run:
-        from rmkit.cli.common import print_config
-
-        print_config(cfg)
+        common.print_config(cfg)
         return
     from rmkit.distill.engine import run_distill
 
@@ -187,8 +141,6 @@ def distill_cmd(
 def print_summary(summary: dict, output: str) -> None:
     """The run's counts by reason, calls, tokens and cost as a table on stdout."""
     from rich.table import Table
-
-    from rmkit.cli.common import out_console
 
     t = Table(title=f"rmkit distill ({summary['mode']}) -> {output}")
     t.add_column("")
@@ -228,7 +180,7 @@ def print_summary(summary: dict, output: str) -> None:
         if cost is None
         else f"{cost['estimate']:.4f} {cost['currency']}",
     )
-    con = out_console()
+    con = common.out_console()
     con.print(t)
     outputs = "traces.jsonl, rejects.jsonl" + (", rl.jsonl" if "rl_records" in summary else "")
     con.print(f"outputs in {output}/ ({outputs}, summary.json)", soft_wrap=True)

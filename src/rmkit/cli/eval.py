@@ -14,10 +14,11 @@ Options become ``key.path=value`` overrides on top of an optional ``--recipe`` (
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
+
+from rmkit.cli import common
 
 eval_app = typer.Typer(
     help="Score a judge on a reward benchmark (official protocols, position control, reports).",
@@ -33,28 +34,10 @@ def register(app: typer.Typer) -> None:
 
 # Option name -> dotted config key.
 _KEYS = {
-    "benchmark": "benchmark",
-    "data": "data",
-    "output": "output",
-    "split": "split",
-    "subset": "subset",
-    "image_root": "image_root",
-    "limit": "limit",
-    "seed": "seed",
-    "template": "template",
-    "votes": "votes",
-    "orders": "orders",
-    "model": "judge.model",
-    "adapter": "judge.adapter",
-    "dtype": "judge.dtype",
-    "batch_size": "judge.batch_size",
-    "base_url": "judge.base_url",
-    "api_model": "judge.api_model",
-    "api_key_env": "judge.api_key_env",
-    "concurrency": "judge.concurrency",
-    "temperature": "sampling.temperature",
-    "top_p": "sampling.top_p",
-    "max_new_tokens": "sampling.max_new_tokens",
+    **{k: k for k in ("benchmark", "data", "split", "subset", "image_root", "limit")},
+    **{k: k for k in ("output", "seed", "template", "votes", "orders")},
+    **common.section_keys("judge", common.LOCAL_FIELDS + common.API_FIELDS),
+    **common.section_keys("sampling", common.SAMPLING_FIELDS),
 }
 
 
@@ -73,69 +56,43 @@ def eval_cmd(
         "-d",
         help="The benchmark's local folder or file (hub download or official JSON/JSONL).",
     ),
-    model: str = typer.Option(
-        None,
-        "--model",
-        "-m",
-        help="Local judge: a folder, a built-in name (e.g. smollm2-135m) or a hub id.",
+    model: str = common.option(
+        "model", "Local judge: a folder, a built-in name (e.g. smollm2-135m) or a hub id."
     ),
-    adapter: str = typer.Option(None, "--adapter", help="PEFT adapter folder applied to --model."),
-    base_url: str = typer.Option(
-        None,
-        "--base-url",
-        help="API judge: an OpenAI-compatible endpoint, e.g. http://localhost:8000/v1.",
+    adapter: str = common.option("adapter"),
+    base_url: str = common.option(
+        "base_url", "API judge: an OpenAI-compatible endpoint, e.g. http://localhost:8000/v1."
     ),
-    api_model: str = typer.Option(None, "--api-model", help="Model name sent to --base-url."),
-    api_key_env: str = typer.Option(
-        None,
-        "--api-key-env",
-        help="Environment variable holding the API key (default OPENAI_API_KEY).",
+    api_model: str = common.option("api_model"),
+    api_key_env: str = common.option("api_key_env"),
+    concurrency: int = common.option("concurrency"),
+    batch_size: int = common.option(
+        "batch_size", "Local conversations per generate call (default 8)."
     ),
-    concurrency: int = typer.Option(
-        None, "--concurrency", help="API requests in flight (default 8)."
+    dtype: str = common.option("dtype"),
+    output: str = common.option(
+        "output", "Output folder (predictions.jsonl, metrics.json, report.md, chart)."
     ),
-    batch_size: int = typer.Option(
-        None, "--batch-size", help="Local conversations per generate call (default 8)."
+    seed: int = common.option(
+        "seed", "Seed of the per-item order and vote tie-breaks (default 0)."
     ),
-    dtype: str = typer.Option(
-        None, "--dtype", help="Local weights dtype: float32, bfloat16, float16."
-    ),
-    output: str = typer.Option(
-        None,
-        "--output",
-        "-o",
-        help="Output folder (predictions.jsonl, metrics.json, report.md, chart).",
-    ),
-    seed: int = typer.Option(
-        None, "--seed", help="Seed of the per-item order and vote tie-breaks (default 0)."
-    ),
-    limit: int = typer.Option(None, "--limit", help="Judge only the first N items."),
-    split: str = typer.Option(
-        None, "--split", help="Split to read (benchmark default when omitted)."
-    ),
+    limit: int = common.option("limit", "Judge only the first N items."),
+    split: str = common.option("split", "Split to read (benchmark default when omitted)."),
     subset: str = typer.Option(
         None,
         "--subset",
         help="Config/subset, e.g. image_generation or image_edition for genai-bench.",
     ),
-    image_root: str = typer.Option(
-        None, "--image-root", help="Folder relative image paths start from."
+    image_root: str = common.option("image_root", "Folder relative image paths start from."),
+    template: str = common.option(
+        "template",
+        "Judge template name or file (default: 'default', which asks for <answer>K</answer>).",
     ),
-    template: str = typer.Option(
-        None,
-        "--template",
-        "-t",
-        help="Judge template name or file (default: 'default', which asks for <answer>K</answer>).",
+    temperature: float = common.option(
+        "temperature", "Sampling temperature (benchmark protocol default)."
     ),
-    temperature: float = typer.Option(
-        None, "--temperature", help="Sampling temperature (benchmark protocol default)."
-    ),
-    top_p: float = typer.Option(
-        None, "--top-p", help="Nucleus sampling top-p (benchmark protocol default)."
-    ),
-    max_new_tokens: int = typer.Option(
-        None, "--max-new-tokens", help="Longest judge output (default 1024)."
-    ),
+    top_p: float = common.option("top_p", "Nucleus sampling top-p (benchmark protocol default)."),
+    max_new_tokens: int = common.option("max_new_tokens", "Longest judge output (default 1024)."),
     votes: int = typer.Option(
         None, "--votes", help="Voting@k: verdicts sampled per item and order (benchmark default)."
     ),
@@ -144,13 +101,9 @@ def eval_cmd(
         "--orders",
         help="random (default, seeded per item), both (each order and its reverse), native.",
     ),
-    recipe: Path = typer.Option(
-        None, "--recipe", help="A `kind: eval` recipe; options and --set override it."
-    ),
-    sets: list[str] = typer.Option(
-        None, "--set", help="key.path=value override, e.g. --set judge.timeout=300 (repeatable)."
-    ),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and exit."),
+    recipe: Path = common.recipe_option("eval"),
+    sets: list[str] = common.set_option("judge.timeout=300"),
+    dry_run: bool = common.dry_run_option(),
 ) -> None:
     """Evaluate a judge: rmkit eval --benchmark NAME --data PATH (--model M | --base-url U --api-model N) --output DIR."""
     if ctx.invoked_subcommand is not None:
@@ -161,9 +114,7 @@ def eval_cmd(
         raise typer.Exit(0)
     cfg = _build_config(given, recipe, sets or [])
     if dry_run:
-        from rmkit.cli.common import print_config
-
-        print_config(cfg)
+        common.print_config(cfg)
         return
     from rmkit.eval.runner import run_eval
 
@@ -172,17 +123,16 @@ def eval_cmd(
 
 
 def _build_config(given: dict, recipe: Path | None, sets: list[str]):
-    """Options as JSON-valued overrides on the recipe (CLI paths relative to the working
-    directory, not the recipe); ``--set`` overrides last."""
+    """Options as JSON-valued overrides on the recipe; ``--set`` overrides last."""
     from rmkit.config.kinds import load_config
 
-    for key in ("data", "output", "image_root", "adapter"):
-        if key in given:
-            given[key] = str(Path(given[key]).expanduser().absolute())
-    for key in ("model", "template"):
-        if key in given and Path(given[key]).expanduser().exists():
-            given[key] = str(Path(given[key]).expanduser().absolute())
-    overrides = [f"{_KEYS[k]}={json.dumps(v)}" for k, v in given.items()] + list(sets)
+    overrides = common.option_overrides(
+        given,
+        _KEYS,
+        sets,
+        paths=("data", "output", "image_root", "adapter"),
+        maybe_paths=("model", "template"),
+    )
     return load_config(recipe, overrides, kind="eval")
 
 
@@ -204,20 +154,18 @@ def compare_cmd(
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
 ) -> None:
     """Side-by-side table of two runs with deltas and a paired bootstrap 95% CI."""
-    from rmkit.cli.common import out_console
     from rmkit.eval.compare import ci_line, compare_runs, comparison_table
 
     result = compare_runs(dir_a, dir_b, n_boot=n_boot, seed=seed)
-    con = out_console()
+    con = common.out_console()
     con.print(comparison_table(result))
     con.print(ci_line(result))
 
 
 def _print_metrics(metrics: dict, out: Path) -> None:
-    from rmkit.cli.common import out_console
     from rmkit.eval.report import metrics_table, stats_line
 
-    con = out_console()
+    con = common.out_console()
     con.print(metrics_table(metrics))
     con.print(stats_line(metrics))
     con.print(

@@ -35,7 +35,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging on stderr."),
 ) -> None:
     """rmkit: one tool from raw preference data to a scored, reported reward model."""
@@ -102,7 +104,10 @@ def main(argv: list[str] | None = None) -> int:
             return e.exit_code
         if debug:
             raise
-        _print_error(f"unexpected error: {type(e).__name__}: {e}", "rerun with RMKIT_DEBUG=1 for the traceback")
+        _print_error(
+            f"unexpected error: {type(e).__name__}: {e}",
+            "rerun with RMKIT_DEBUG=1 for the traceback",
+        )
         return 1
 
 

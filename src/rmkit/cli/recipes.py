@@ -17,7 +17,13 @@ def _collect(paths: list[Path]) -> list[Path]:
     out: list[Path] = []
     for p in paths:
         if p.is_dir():
-            out.extend(sorted(x for x in p.rglob("*.y*ml") if x.suffix in (".yaml", ".yml") and "accelerate" not in x.parts))
+            out.extend(
+                sorted(
+                    x
+                    for x in p.rglob("*.y*ml")
+                    if x.suffix in (".yaml", ".yml") and "accelerate" not in x.parts
+                )
+            )
         else:
             out.append(p)
     return out
@@ -33,7 +39,9 @@ def validate_cmd(
 
     files = _collect(paths or [Path("recipes")])
     if not files:
-        raise RmkitError("no recipe files found", hint="pass recipe paths or run from the repository root")
+        raise RmkitError(
+            "no recipe files found", hint="pass recipe paths or run from the repository root"
+        )
     bad = 0
     for f in files:
         try:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from rmkit.cli.common import out_console, overrides_argument
+
 
 def register(app: typer.Typer) -> None:
     app.command("run", no_args_is_help=True)(run_cmd)
@@ -16,11 +18,7 @@ def run_cmd(
     recipe: Path = typer.Argument(
         ..., help="A `kind: pipeline` recipe, e.g. recipes/tiny/msrl.yaml."
     ),
-    overrides: list[str] = typer.Argument(
-        None,
-        help="key.path=value overrides, e.g. stages.sft.optim.lr=1e-5 vars.base_model=DIR",
-        show_default=False,
-    ),
+    overrides: list[str] = overrides_argument("stages.sft.optim.lr=1e-5 vars.base_model=DIR"),
     output: Path = typer.Option(
         None, "--output", "-o", help="Run folder (stages go to DIR/<stage>/, plus summary.json)."
     ),
@@ -116,8 +114,6 @@ def print_summary(summary: dict, run_dir: Path) -> None:
 
 def _console():
     """The stdout console; wide enough for the plan when writing to a file or a pipe."""
-    from rmkit.cli.common import out_console
-
     con = out_console()
     if not con.is_terminal:
         con.width = 160

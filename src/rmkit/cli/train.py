@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from rmkit.cli.common import dry_run_option, overrides_argument, print_config
+
 
 def register(app: typer.Typer) -> None:
     app.command("train", no_args_is_help=True)(train_cmd)
@@ -15,11 +17,7 @@ def train_cmd(
     recipe: Path = typer.Argument(
         ..., help="A `kind: train` recipe (e.g. recipes/tiny/grpo.yaml)."
     ),
-    overrides: list[str] = typer.Argument(
-        None,
-        help="key.path=value overrides, e.g. optim.lr=1e-5 rl.algorithm=dr_grpo",
-        show_default=False,
-    ),
+    overrides: list[str] = overrides_argument("optim.lr=1e-5 rl.algorithm=dr_grpo"),
     output: Path = typer.Option(
         None, "--output", "-o", help="Run folder: metrics.jsonl, checkpoints/, final/."
     ),
@@ -30,7 +28,7 @@ def train_cmd(
     seed: int = typer.Option(
         None, "--seed", help="Seed for data order, rollouts and initialisation."
     ),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and exit."),
+    dry_run: bool = dry_run_option(),
 ) -> None:
     """Train a reward model: SFT on traces, or RL (grpo, dr_grpo, reinforce_pp, stable_reinforce)."""
     from rmkit.config.kinds import load_config
@@ -45,8 +43,6 @@ def train_cmd(
         recipe, overrides, kind="train", base={k: v for k, v in options.items() if v is not None}
     )
     if dry_run:
-        from rmkit.cli.common import print_config
-
         print_config(cfg)
         return
     if not cfg.output:

@@ -6,9 +6,10 @@ gets one stream of records (``OpenAIBackend.generate_iter``): prompts are render
 backend has room for more requests, so ``concurrency`` requests stay in flight all the time,
 and each record is finished the moment its ``n`` samples are in - no barrier per chunk. A local
 model gets a chunk of records per ``generate`` call (``chunk_records`` records, ``n`` samples
-each). Each record's samples are parsed and filtered (:mod:`rmkit.distill.select`),
-optionally checked for consistency (one batched judge call per ``chunk_records`` records),
-turned into output lines (:mod:`rmkit.distill.outputs`) and committed record by record
+each). Each record's samples are parsed and filtered (:mod:`rmkit.distill.outcome`, with the
+rules of :mod:`rmkit.distill.select`), optionally checked for consistency (one batched judge
+call per ``chunk_records`` records), turned into output lines (:mod:`rmkit.distill.outcome`,
+:mod:`rmkit.distill.outputs`) and committed record by record
 (:class:`rmkit.distill.state.RunState`: output lines flushed, then the done line). Files are
 fsynced and the backend's usage logged every ``chunk_records`` records; ``summary.json`` is
 written at the end, and also when a run stops on an error.
@@ -20,16 +21,15 @@ import hashlib
 import logging
 import math
 import time
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rmkit.distill import select as S
 from rmkit.distill.config import DistillConfig
-from rmkit.distill.inputs import input_file, rebase_record, stored_messages
-from rmkit.distill.outputs import Item, record_reject_line, reject_line, trace_line
+from rmkit.distill.inputs import input_file
+from rmkit.distill.outcome import Outcome, judge_item, record_lines
+from rmkit.distill.outputs import Item
 from rmkit.distill.prepare import (
     check_templates,
     filter_consistency,
@@ -42,7 +42,6 @@ from rmkit.distill.summary import (
     UsageTracker,
     build_summary,
     estimate_cost,
-    sample_tokens,
     token_summary,
     usage_delta,
     usage_snapshot,
@@ -51,18 +50,6 @@ from rmkit.errors import RmkitError
 from rmkit.utils.io import write_json_atomic
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Outcome:
-    """One record's sampling result on its way to the output files."""
-
-    item: Item
-    messages: list[dict]
-    samples: list[S.Judged]
-    record_reason: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    tokens: dict[str, int] = field(default_factory=dict)
 
 
 class Distiller:
@@ -182,7 +169,7 @@ class Distiller:
         with Progress("distill", total=len(todo), unit="records") as prog:
             try:
                 for item, conv, comps in records():
-                    batch.append(self._judge_item(item, conv, comps))
+                    batch.append(judge_item(self, item, conv, comps))
                     if len(batch) >= batch_size:
                         self._finish(batch, prog)
                         batch = []
@@ -248,50 +235,6 @@ class Distiller:
             fields["cost"] = round(cost, 4)
         prog.update(advance, **fields)
 
-    def _judge_item(self, item: Item, conv: list[dict], comps: list[Any]) -> Outcome:
-        kind, label = S.record_target(item.record)
-        samples = S.judge_completions(
-            comps, item.order, self.tpl, strict=self.strict, label_kind=kind, label=label
-        )
-        if self.cfg.mode == "cmkd":
-            outcome = self._select_cmkd(item, conv, samples)
-        else:
-            f = self.cfg.filters
-            S.apply_filters(
-                samples,
-                require_correct=f.correct,
-                require_format=self.require_format,
-                dedupe=f.dedupe,
-            )
-            outcome = Outcome(item, conv, samples)
-        outcome.tokens = sample_tokens(comps)
-        return outcome
-
-    def _select_cmkd(self, item: Item, conv: list[dict], samples: list[S.Judged]) -> Outcome:
-        from rmkit.distill.cmkd import build_target
-
-        kind, label = S.record_target(item.record)
-        best, reference, reason = S.select_cmkd(
-            samples, kind, label, require_format=self.require_format
-        )
-        outcome = Outcome(item, conv, samples, record_reason=reason)
-        if best is None:
-            return outcome
-        target = build_target(
-            item, best, self.image_tpl, strict=self.strict, require_format=self.require_format
-        )
-        if target is None:
-            best.fail(S.TARGET_FORMAT)
-            outcome.record_reason = S.TARGET_FORMAT
-            return outcome
-        outcome.extra = {
-            "target": target,
-            "pseudo_label": label is None and kind == "preferred",
-            "reference": reference,
-            "confidence": best.mean_logprob is not None,
-        }
-        return outcome
-
     def _consistency(self, outcomes: list[Outcome]) -> None:
         cons = self.cfg.filters.consistency
         pairs = [(o.item, s) for o in outcomes for s in o.samples if s.kept]
@@ -315,48 +258,7 @@ class Distiller:
     # ------------------------------------------------------------------ output
 
     def _commit(self, o: Outcome) -> None:
-        from rmkit.distill.cmkd import cmkd_lines
-
-        item = o.item
-        lines: dict[str, list[dict]] = {"traces": [], "rejects": []}
-        if self.cfg.mode == "cmkd":
-            lines = cmkd_lines(self, o)
-        else:
-            lines["traces"] = self._trace_lines(o)
-            lines["rejects"] = [reject_line(item, s) for s in o.samples if not s.kept]
-        if o.record_reason and not o.samples:
-            lines["rejects"].append(record_reject_line(item, o.record_reason))
-        kept = len(lines["traces"])
-        rl = self.cfg.mode == "rejection-sampling" and not item.skip and kept == 0
-        if rl:
-            lines["rl"] = [rebase_record(item.record, self.image_root, self.out)]
-        entry = {
-            "samples": len(o.samples),
-            "kept": kept,
-            "rejected": len(o.samples) - kept,
-            "reasons": dict(Counter(s.reason for s in o.samples if not s.kept)),
-            "record_reason": o.record_reason,
-            "skipped": bool(item.skip),
-            "rl": rl,
-            "completion_tokens": sum(s.n_tokens for s in o.samples),
-            **{k: v for k, v in o.extra.items() if k in ("pseudo_label", "confidence")},
-            "target": "target" in o.extra,
-        }
-        if o.tokens:
-            entry["tokens"] = o.tokens
-        self.state.commit(item.id, lines, entry)
-
-    def _trace_lines(self, o: Outcome) -> list[dict]:
-        kept = [s for s in o.samples if s.kept]
-        if not kept:
-            return []
-        messages, images = stored_messages(o.messages, self.out)
-        return [
-            trace_line(
-                o.item, s, messages, images, teacher=self.cfg.teacher.name, template=self.tpl.name
-            )
-            for s in kept
-        ]
+        self.state.commit(o.item.id, *record_lines(self, o))
 
     def _summary(self, items: list[Item], complete: bool, elapsed: float) -> dict[str, Any]:
         entries = [self.state.done[it.id] for it in items if it.id in self.state.done]

@@ -1,0 +1,124 @@
+"""One record of a distill run, from its completions to its output lines.
+
+:func:`judge_item` parses and filters a record's samples (CMKD: selects the one that becomes the
+image record's target) into an :class:`Outcome`; after the batch-level filters (consistency,
+``keep: one``) the :class:`~rmkit.distill.engine.Distiller` commits it with the lines and the
+done-log entry of :func:`record_lines`. The functions take the run for its config, templates and
+folders (as :func:`rmkit.distill.cmkd.cmkd_lines` does).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from rmkit.distill import select as S
+from rmkit.distill.inputs import rebase_record, stored_messages
+from rmkit.distill.outputs import Item, record_reject_line, reject_line, trace_line
+from rmkit.distill.summary import sample_tokens
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rmkit.distill.engine import Distiller
+
+
+@dataclass
+class Outcome:
+    """One record's sampling result on its way to the output files."""
+
+    item: Item
+    messages: list[dict]
+    samples: list[S.Judged]
+    record_reason: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    tokens: dict[str, int] = field(default_factory=dict)
+
+
+def judge_item(run: Distiller, item: Item, conv: list[dict], comps: list[Any]) -> Outcome:
+    """The record's samples parsed and filtered (CMKD: the selection of its target)."""
+    kind, label = S.record_target(item.record)
+    samples = S.judge_completions(
+        comps, item.order, run.tpl, strict=run.strict, label_kind=kind, label=label
+    )
+    if run.cfg.mode == "cmkd":
+        outcome = _select_cmkd(run, item, conv, samples)
+    else:
+        f = run.cfg.filters
+        S.apply_filters(
+            samples,
+            require_correct=f.correct,
+            require_format=run.require_format,
+            dedupe=f.dedupe,
+        )
+        outcome = Outcome(item, conv, samples)
+    outcome.tokens = sample_tokens(comps)
+    return outcome
+
+
+def _select_cmkd(run: Distiller, item: Item, conv: list[dict], samples: list[S.Judged]) -> Outcome:
+    from rmkit.distill.cmkd import build_target
+
+    kind, label = S.record_target(item.record)
+    best, reference, reason = S.select_cmkd(samples, kind, label, require_format=run.require_format)
+    outcome = Outcome(item, conv, samples, record_reason=reason)
+    if best is None:
+        return outcome
+    target = build_target(
+        item, best, run.image_tpl, strict=run.strict, require_format=run.require_format
+    )
+    if target is None:
+        best.fail(S.TARGET_FORMAT)
+        outcome.record_reason = S.TARGET_FORMAT
+        return outcome
+    outcome.extra = {
+        "target": target,
+        "pseudo_label": label is None and kind == "preferred",
+        "reference": reference,
+        "confidence": best.mean_logprob is not None,
+    }
+    return outcome
+
+
+def record_lines(run: Distiller, o: Outcome) -> tuple[dict[str, list[dict]], dict[str, Any]]:
+    """The record's output lines by output file, and its done-log entry."""
+    from rmkit.distill.cmkd import cmkd_lines
+
+    item = o.item
+    lines: dict[str, list[dict]] = {"traces": [], "rejects": []}
+    if run.cfg.mode == "cmkd":
+        lines = cmkd_lines(run, o)
+    else:
+        lines["traces"] = _trace_lines(run, o)
+        lines["rejects"] = [reject_line(item, s) for s in o.samples if not s.kept]
+    if o.record_reason and not o.samples:
+        lines["rejects"].append(record_reject_line(item, o.record_reason))
+    kept = len(lines["traces"])
+    rl = run.cfg.mode == "rejection-sampling" and not item.skip and kept == 0
+    if rl:
+        lines["rl"] = [rebase_record(item.record, run.image_root, run.out)]
+    entry = {
+        "samples": len(o.samples),
+        "kept": kept,
+        "rejected": len(o.samples) - kept,
+        "reasons": dict(Counter(s.reason for s in o.samples if not s.kept)),
+        "record_reason": o.record_reason,
+        "skipped": bool(item.skip),
+        "rl": rl,
+        "completion_tokens": sum(s.n_tokens for s in o.samples),
+        **{k: v for k, v in o.extra.items() if k in ("pseudo_label", "confidence")},
+        "target": "target" in o.extra,
+    }
+    if o.tokens:
+        entry["tokens"] = o.tokens
+    return lines, entry
+
+
+def _trace_lines(run: Distiller, o: Outcome) -> list[dict]:
+    kept = [s for s in o.samples if s.kept]
+    if not kept:
+        return []
+    messages, images = stored_messages(o.messages, run.out)
+    return [
+        trace_line(o.item, s, messages, images, teacher=run.cfg.teacher.name, template=run.tpl.name)
+        for s in kept
+    ]
