@@ -22,8 +22,33 @@ import tempfile
 import time
 from pathlib import Path
 
-WORDS = ("the a model answer question data reward human assistant helpful harmless river mountain "
-         "city number seven blue quickly explain because however therefore example people time").split()
+WORDS = [
+    "the",
+    "a",
+    "model",
+    "answer",
+    "question",
+    "data",
+    "reward",
+    "human",
+    "assistant",
+    "helpful",
+    "harmless",
+    "river",
+    "mountain",
+    "city",
+    "number",
+    "seven",
+    "blue",
+    "quickly",
+    "explain",
+    "because",
+    "however",
+    "therefore",
+    "example",
+    "people",
+    "time",
+]
 
 
 def sentence(rng: random.Random, n: int) -> str:
@@ -39,7 +64,10 @@ def make_rows(path: Path, n: int, seed: int = 0) -> None:
             for _ in range(turns - 1):
                 prefix += f"\n\nHuman: {sentence(rng, rng.randint(5, 25))}\n\nAssistant: {sentence(rng, rng.randint(10, 60))}"
             prefix += f"\n\nHuman: {sentence(rng, rng.randint(5, 30))} #{i}\n\nAssistant:"
-            row = {"chosen": f"{prefix} {sentence(rng, rng.randint(10, 120))}", "rejected": f"{prefix} {sentence(rng, rng.randint(10, 120))}"}
+            row = {
+                "chosen": f"{prefix} {sentence(rng, rng.randint(10, 120))}",
+                "rejected": f"{prefix} {sentence(rng, rng.randint(10, 120))}",
+            }
             fh.write(json.dumps(row) + "\n")
 
 
@@ -56,16 +84,31 @@ def main() -> None:
         rmkit = [sys.executable, "-m", "rmkit"]
         env = {**os.environ, "RMKIT_NO_PROGRESS": "1"}
         t0 = time.perf_counter()
-        subprocess.run([*rmkit, "build-data", "--format", "hh-rlhf", "--input", str(data), "--output", str(Path(tmp) / "out")],
-                       check=True, env=env, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                *rmkit,
+                "build-data",
+                "--format",
+                "hh-rlhf",
+                "--input",
+                str(data),
+                "--output",
+                str(Path(tmp) / "out"),
+            ],
+            check=True,
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )
         wall = time.perf_counter() - t0
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
         peak_mb = usage.ru_maxrss / 1024
         cpu = usage.ru_utime + usage.ru_stime
         manifest = json.loads((Path(tmp) / "out" / "manifest.json").read_text())
     rate = args.rows / wall
-    line = (f"| {datetime.date.today()} | {args.rows:,} | {size_mb:.0f} MB | {wall:.1f} s | {rate:,.0f} rows/s | {args.rows / cpu:,.0f} rows/CPU-s | "
-            f"{peak_mb:.0f} MB | {sum(manifest['counts']['total'].values()):,} | {platform.processor() or platform.machine()}, {os.cpu_count()} cores |")
+    line = (
+        f"| {datetime.date.today()} | {args.rows:,} | {size_mb:.0f} MB | {wall:.1f} s | {rate:,.0f} rows/s | {args.rows / cpu:,.0f} rows/CPU-s | "
+        f"{peak_mb:.0f} MB | {sum(manifest['counts']['total'].values()):,} | {platform.processor() or platform.machine()}, {os.cpu_count()} cores |"
+    )
     print(line)
     if not args.no_record:
         out = Path(__file__).parent / "results" / "build_data.md"
