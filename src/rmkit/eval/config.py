@@ -87,6 +87,11 @@ class EvalConfig(StrictModel):
     limit: int | None = Field(None, ge=1, description="judge only the first N items")
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     template: str = Field("default", description="judge template name or path")
+    method: Literal["generate", "likelihood"] = Field(
+        "generate",
+        description="generate: parse a sampled verdict; likelihood: the answer with the highest "
+        "probability after a forced answer tag (local judges only)",
+    )
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     votes: int = Field(1, ge=1, description="verdicts sampled per item and order (voting@k)")
     orders: Literal[ORDER_MODES] = "random"  # type: ignore[valid-type]
@@ -130,6 +135,16 @@ class EvalConfig(StrictModel):
             raise ValueError(
                 "no judge: set judge.model (a local model) or judge.base_url + judge.api_model (an API)"
             )
+        if self.method == "likelihood":
+            if self.judge.base_url:
+                raise ValueError(
+                    "method 'likelihood' reads answer probabilities from a local judge.model; "
+                    "an API judge needs method: generate"
+                )
+            if self.votes != 1:
+                raise ValueError(
+                    f"method 'likelihood' is deterministic: votes must be 1, got {self.votes}"
+                )
         return self
 
     @classmethod

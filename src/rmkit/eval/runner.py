@@ -220,6 +220,18 @@ def _judge_batch(
                 )
 
 
+def _judge_likelihood(
+    batch: list[Request], backend: Any, cfg: EvalConfig, tpl: Any
+) -> Iterator[dict[str, Any]]:
+    """``method: likelihood``: one forced-answer verdict per request (rmkit.eval.likelihood)."""
+    from rmkit.eval.likelihood import judge_likelihood
+
+    def make_line(r: Request, sample: int, messages, completion, verdict) -> dict[str, Any]:
+        return prediction_line(r.item, sample, cfg.n_slots, r.order, messages, completion, verdict)
+
+    return judge_likelihood(batch, backend, tpl, make_line)
+
+
 def judge_requests(
     requests: list[Request], backend: Any, cfg: EvalConfig, tpl: Any, writer: PredictionWriter
 ) -> None:
@@ -234,9 +246,12 @@ def judge_requests(
         for start in range(0, len(requests), chunk):
             part = requests[start : start + chunk]
             for n in sorted({len(r.samples) for r in part}):
-                for line in _judge_batch(
-                    [r for r in part if len(r.samples) == n], n, backend, cfg, tpl
-                ):
+                group = [r for r in part if len(r.samples) == n]
+                if cfg.method == "likelihood":
+                    lines = _judge_likelihood(group, backend, cfg, tpl)
+                else:
+                    lines = _judge_batch(group, n, backend, cfg, tpl)
+                for line in lines:
                     n_bad += line["pick"] is None
                     writer.write(line)
                     bar.update(1, unparsable=n_bad)

@@ -54,6 +54,7 @@ STAGE_MODELS: dict[str, str] = {
     "distill": "rmkit.distill.config:DistillConfig",
     "train": "rmkit.training.config:TrainConfig",
     "eval": "rmkit.eval.config:EvalConfig",
+    "report": "rmkit.pipeline.report:ReportStageConfig",
 }
 STAGE_KEYS = ("kind", "serve", "launch", "description")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")

@@ -324,9 +324,11 @@ class PipelineRunner:
             "output": str(self.run_dir),
             "complete": all(r["status"] == "done" for r in self.rows.values()),
             "updated_at": _now(),
-            "stages": self.rows,
-            "metrics": metrics,
         }
+        for row in self.rows.values():  # a report stage's headline numbers go on top
+            if row.get("kind") == "report" and row.get("status") == "done":
+                summary.update(row.get("metrics") or {})
+        summary.update({"stages": self.rows, "metrics": metrics})
         write_json_atomic(self.run_dir / SUMMARY_FILE, summary)
         return summary
 

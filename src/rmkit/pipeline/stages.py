@@ -13,6 +13,7 @@ mix            rmkit.data.mix.mix_datasets                  is mixed again (dete
 distill        rmkit.distill.engine.run_distill             continues from its done-log
 train          rmkit.training.train (or accelerate launch)  continues from its last checkpoint
 eval           rmkit.eval.runner.run_eval                   judges only missing predictions
+report         rmkit.pipeline.report.build_report           is written again (cheap)
 =============  ===========================================  ===============================
 
 On a fresh start (first run, changed config, or a re-run of an earlier stage) the stage folder
@@ -42,6 +43,7 @@ KEEP: dict[str, tuple[str, ...]] = {
     "distill": ("cache",),
     "train": (),
     "eval": ("cache",),
+    "report": (),
 }
 LAUNCH_FILE = ".rmkit-launch.json"
 TRAIN_KEYS = ("loss", "reward/total", "accuracy", "response/length", "adv/filtered_frac")
@@ -147,6 +149,14 @@ def run_eval(stage: Stage, resume: bool) -> dict[str, Any]:
     return {k: metrics[k] for k in keep if k in metrics}
 
 
+def run_report(stage: Stage, resume: bool) -> dict[str, Any]:
+    from rmkit.pipeline.report import build_report
+
+    res = build_report(stage.config)
+    keep = ("accuracy_before", "accuracy_after", "n_heldout", "difference", "ci95_low")
+    return {k: res[k] for k in (*keep, "ci95_high", "significant")}
+
+
 RUNNERS: dict[str, Callable[[Stage, bool], dict[str, Any]]] = {
     "build-data": run_build,
     "caption": run_caption,
@@ -154,6 +164,7 @@ RUNNERS: dict[str, Callable[[Stage, bool], dict[str, Any]]] = {
     "distill": run_distill,
     "train": run_train,
     "eval": run_eval,
+    "report": run_report,
 }
 
 
@@ -207,6 +218,8 @@ def stage_inputs(stage: Stage) -> list[str]:
         found = [c.input, c.teacher.adapter or c.teacher.model, c.cmkd.image_records]
     elif kind == "train":
         found = [c.data.path, c.model.init_from]
+    elif kind == "report":
+        found = [c.before, c.after, *c.train]
     else:
         found = [c.data, c.judge.adapter or c.judge.model]
     found += [s.adapter for s in stage.serve.values()]

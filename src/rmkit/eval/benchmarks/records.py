@@ -46,7 +46,9 @@ def load(ctx: LoadContext) -> LoadResult:
         where = (path, res.n_rows)
         images = [store.get(ref, where, "images") for ref in rec.get("images", [])]
         cands = list(rec["candidates"])
-        if rec["task"] in ("image_generation", "video_generation") and not rec["meta"].get("caption_substituted"):
+        if rec["task"] in ("image_generation", "video_generation") and not rec["meta"].get(
+            "caption_substituted"
+        ):
             cands = [store.get(c, where, "candidates") for c in cands]
         res.items.append(
             EvalItem(
