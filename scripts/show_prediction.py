@@ -21,7 +21,9 @@ def main(path: str) -> None:
             verdict = p.get("verdict") or {}
             choice = verdict.get("choice")
             shown = "unparsable" if choice is None else f"candidate {choice + 1} as shown"
-            print(f"parsed verdict: {shown}; correct: {p.get('correct')}  ({verdict.get('reason') or 'format ok'})")
+            print(
+                f"parsed verdict: {shown}; correct: {p.get('correct')}  ({verdict.get('reason') or 'format ok'})"
+            )
 
 
 if __name__ == "__main__":

@@ -23,7 +23,9 @@ class RmkitError(Exception):
 class DataError(RmkitError):
     """A malformed input row: names the file, line and field."""
 
-    def __init__(self, path: str, line: int | None, field: str | None, expected: str, hint: str | None = None):
+    def __init__(
+        self, path: str, line: int | None, field: str | None, expected: str, hint: str | None = None
+    ):
         where = str(path) + (f":{line}" if line is not None else "")
         what = f"field '{field}': " if field else ""
         super().__init__(f"{where}: {what}{expected}", hint)

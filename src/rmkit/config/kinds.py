@@ -35,7 +35,9 @@ def model_for_kind(kind: str) -> type:
     try:
         return getattr(importlib.import_module(module), attr)
     except ModuleNotFoundError as e:
-        raise ConfigError(f"recipe kind '{kind}' is not available in this rmkit build ({e.name} missing)") from None
+        raise ConfigError(
+            f"recipe kind '{kind}' is not available in this rmkit build ({e.name} missing)"
+        ) from None
 
 
 def available_kinds() -> list[str]:
@@ -51,7 +53,13 @@ def available_kinds() -> list[str]:
     return out
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None, *, kind: str | None = None, base: dict[str, Any] | None = None) -> Any:
+def load_config(
+    path: str | Path | None,
+    overrides: list[str] | None = None,
+    *,
+    kind: str | None = None,
+    base: dict[str, Any] | None = None,
+) -> Any:
     """Recipe file (optional) + base values + overrides -> validated config of the right kind.
 
     Relative paths in a recipe are resolved against the recipe's folder by the config models
@@ -65,9 +73,17 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, *, 
     data = apply_overrides(data, overrides or [])
     recipe_kind = data.get("kind", kind)
     if recipe_kind is None:
-        raise ConfigError(f"{source}: missing 'kind'", hint="add e.g. `kind: train` (one of " + ", ".join(KINDS) + ")")
+        raise ConfigError(
+            f"{source}: missing 'kind'",
+            hint="add e.g. `kind: train` (one of " + ", ".join(KINDS) + ")",
+        )
     if kind is not None and recipe_kind != kind:
-        raise ConfigError(f"{source}: this is a '{recipe_kind}' recipe, not '{kind}'", hint=f"run it with `rmkit {recipe_kind}`" if recipe_kind != "pipeline" else "run it with `rmkit run`")
+        raise ConfigError(
+            f"{source}: this is a '{recipe_kind}' recipe, not '{kind}'",
+            hint=f"run it with `rmkit {recipe_kind}`"
+            if recipe_kind != "pipeline"
+            else "run it with `rmkit run`",
+        )
     data["kind"] = recipe_kind
     model = model_for_kind(recipe_kind)
     if path is not None and hasattr(model, "resolve_paths"):

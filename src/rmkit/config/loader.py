@@ -30,10 +30,14 @@ _FLOAT_RE = re.compile(
 )
 # Replace the YAML 1.1 float resolver by one that also accepts "1e-5" and "3E4". The resolver
 # table is copied first: it is a class attribute shared with SafeLoader/SafeDumper.
-_Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.yaml_implicit_resolvers = {
+    k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
 for _ch in list("-+0123456789."):
     _Loader.yaml_implicit_resolvers[_ch] = [
-        (tag, rx) for tag, rx in _Loader.yaml_implicit_resolvers.get(_ch, []) if tag != "tag:yaml.org,2002:float"
+        (tag, rx)
+        for tag, rx in _Loader.yaml_implicit_resolvers.get(_ch, [])
+        if tag != "tag:yaml.org,2002:float"
     ]
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_RE, list("-+0123456789."))
 
@@ -51,12 +55,17 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     """Load a recipe file into a dict. Relative paths inside stay relative to the recipe."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"recipe not found: {path}", hint="give a path to a .yaml file, e.g. recipes/tiny/sft.yaml")
+        raise ConfigError(
+            f"recipe not found: {path}",
+            hint="give a path to a .yaml file, e.g. recipes/tiny/sft.yaml",
+        )
     data = load_yaml(p.read_text(encoding="utf-8"), str(p))
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{p}: a recipe must be a mapping of keys to values, got {type(data).__name__}")
+        raise ConfigError(
+            f"{p}: a recipe must be a mapping of keys to values, got {type(data).__name__}"
+        )
     return data
 
 

@@ -51,7 +51,9 @@ def _unwrap_model(ann: Any) -> Any:
     return None
 
 
-def format_validation_error(err: ValidationError, model: type[BaseModel], source: str) -> ConfigError:
+def format_validation_error(
+    err: ValidationError, model: type[BaseModel], source: str
+) -> ConfigError:
     lines = []
     hint = None
     for e in err.errors():

@@ -14,11 +14,28 @@ from typing import Any
 from rmkit.errors import DataError
 from rmkit.utils.io import atomic_open, dumps_line, iter_jsonl
 
-TASKS = ("text", "image_understanding", "image_generation", "video_understanding", "video_generation")
+TASKS = (
+    "text",
+    "image_understanding",
+    "image_generation",
+    "video_understanding",
+    "video_generation",
+)
 LABEL_KINDS = ("preferred", "tie", "both_bad")
 ROLES = ("system", "user", "assistant")
 
-RECORD_FIELDS = ("id", "source", "task", "prompt", "images", "candidates", "label", "label_kind", "captions", "meta")
+RECORD_FIELDS = (
+    "id",
+    "source",
+    "task",
+    "prompt",
+    "images",
+    "candidates",
+    "label",
+    "label_kind",
+    "captions",
+    "meta",
+)
 
 
 def make_record(
@@ -106,7 +123,10 @@ def record_problem(rec: Any) -> tuple[str, str] | None:
         return "candidates", "a list of at least 2 candidates"
     for i, c in enumerate(cands):
         if not isinstance(c, str) or not c.strip():
-            return f"candidates[{i}]", "a non-empty string (text, or an image reference for generation tasks)"
+            return (
+                f"candidates[{i}]",
+                "a non-empty string (text, or an image reference for generation tasks)",
+            )
     label = rec.get("label")
     kind = rec.get("label_kind", "preferred")
     if kind not in LABEL_KINDS:
@@ -117,7 +137,9 @@ def record_problem(rec: Any) -> tuple[str, str] | None:
     elif label is not None:
         return "label", f"null when label_kind is '{kind}'"
     caps = rec.get("captions")
-    if caps is not None and (not isinstance(caps, dict) or not all(isinstance(v, str) for v in caps.values())):
+    if caps is not None and (
+        not isinstance(caps, dict) or not all(isinstance(v, str) for v in caps.values())
+    ):
         return "captions", "a mapping of image reference to caption text"
     if not isinstance(rec.get("meta", {}), dict):
         return "meta", "an object"
@@ -157,7 +179,9 @@ def load_records(path: str | os.PathLike, kind: str = "record") -> list[dict[str
     if not Path(path).is_file():
         from rmkit.errors import RmkitError
 
-        raise RmkitError(f"records file not found: {path}", hint="build one with `rmkit build-data`")
+        raise RmkitError(
+            f"records file not found: {path}", hint="build one with `rmkit build-data`"
+        )
     return list(read_records(path, kind))
 
 
@@ -183,6 +207,9 @@ def prompt_text(prompt: str | list[dict[str, Any]]) -> str:
         else:
             parts.append(
                 f"{m['role']}: "
-                + " ".join(p.get("text", "") if p["type"] != "image" else f"<image:{p['image']}>" for p in c)
+                + " ".join(
+                    p.get("text", "") if p["type"] != "image" else f"<image:{p['image']}>"
+                    for p in c
+                )
             )
     return "\n".join(parts)

@@ -35,7 +35,9 @@ def stderr_handler() -> logging.Handler:
         h.setFormatter(logging.Formatter("%(message)s"))
     else:
         h = logging.StreamHandler(sys.stderr)
-        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        h.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+        )
     return h
 
 
@@ -45,7 +47,9 @@ class Progress:
     Silent on ranks other than 0. ``update(n, **fields)`` advances and sets status fields.
     """
 
-    def __init__(self, description: str, total: int | None = None, unit: str = "it", every_s: float = 10.0):
+    def __init__(
+        self, description: str, total: int | None = None, unit: str = "it", every_s: float = 10.0
+    ):
         self.description, self.total, self.unit, self.every_s = description, total, unit, every_s
         self.n = 0
         self.fields: dict[str, object] = {}
@@ -87,7 +91,11 @@ class Progress:
         if now - self._last >= self.every_s or (self.total is not None and self.n >= self.total):
             self._last = now
             tot = f"/{self.total}" if self.total is not None else ""
-            print(f"{self.description}: {self.n}{tot} {self.unit} ({now - self._t0:.0f}s) {status}", file=sys.stderr, flush=True)
+            print(
+                f"{self.description}: {self.n}{tot} {self.unit} ({now - self._t0:.0f}s) {status}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def __exit__(self, *exc) -> None:
         if self._rich is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -27,8 +28,18 @@ def hh_rows(n: int, seed: int = 0, dup_every: int = 0) -> list[dict]:
     rows = []
     for i in range(n):
         k = i - 1 if dup_every and i % dup_every == 0 and i else i
-        q = f"Question number {k}: what is {k} plus {rng.randint(1, 9)}?" if k == i else rows[-1]["_q"]
-        rows.append({"_q": q, "chosen": f"\n\nHuman: {q}\n\nAssistant: good answer {k}", "rejected": f"\n\nHuman: {q}\n\nAssistant: bad answer {k}"})
+        q = (
+            f"Question number {k}: what is {k} plus {rng.randint(1, 9)}?"
+            if k == i
+            else rows[-1]["_q"]
+        )
+        rows.append(
+            {
+                "_q": q,
+                "chosen": f"\n\nHuman: {q}\n\nAssistant: good answer {k}",
+                "rejected": f"\n\nHuman: {q}\n\nAssistant: bad answer {k}",
+            }
+        )
     for r in rows:
         r.pop("_q")
     return rows
@@ -46,8 +57,34 @@ def run(*args: str) -> int:
 
 def test_balance_splits_and_determinism(tmp_path):
     data = write_jsonl(tmp_path / "in" / "helpful-base" / "train.jsonl", hh_rows(1500))
-    assert run("build-data", "--format", "hh-rlhf", "--input", data, "--output", tmp_path / "a", "--seed", "7") == 0
-    assert run("build-data", "--format", "hh-rlhf", "--input", data, "--output", tmp_path / "b", "--seed", "7") == 0
+    assert (
+        run(
+            "build-data",
+            "--format",
+            "hh-rlhf",
+            "--input",
+            data,
+            "--output",
+            tmp_path / "a",
+            "--seed",
+            "7",
+        )
+        == 0
+    )
+    assert (
+        run(
+            "build-data",
+            "--format",
+            "hh-rlhf",
+            "--input",
+            data,
+            "--output",
+            tmp_path / "b",
+            "--seed",
+            "7",
+        )
+        == 0
+    )
     for f in ("train.jsonl", "val.jsonl", "test.jsonl", "manifest.json"):
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
     splits = {s: load_records(tmp_path / "a" / f"{s}.jsonl") for s in ("train", "val", "test")}
@@ -59,39 +96,77 @@ def test_balance_splits_and_determinism(tmp_path):
     assert all(r["candidates"][r["label"]].startswith("good") for r in recs)
     assert all(r["source"] == "hh-rlhf/helpful-base" and record_problem(r) is None for r in recs)
     prompts = {s: {json.dumps(r["prompt"]) for r in rs} for s, rs in splits.items()}
-    assert not (prompts["train"] & prompts["val"]) and not (prompts["train"] & prompts["test"]) and not (prompts["val"] & prompts["test"])
+    assert (
+        not (prompts["train"] & prompts["val"])
+        and not (prompts["train"] & prompts["test"])
+        and not (prompts["val"] & prompts["test"])
+    )
     assert len(splits["val"]) > 30 and len(splits["test"]) > 30  # ~5% each of 1500
     manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
     assert manifest["counts"]["total"] == {s: len(v) for s, v in splits.items()}
-    assert manifest["seed"] == 7 and manifest["outputs"]["train.jsonl"]["records"] == len(splits["train"])
+    assert manifest["seed"] == 7 and manifest["outputs"]["train.jsonl"]["records"] == len(
+        splits["train"]
+    )
     import hashlib
 
-    assert manifest["outputs"]["train.jsonl"]["sha256"] == hashlib.sha256((tmp_path / "a" / "train.jsonl").read_bytes()).hexdigest()
+    assert (
+        manifest["outputs"]["train.jsonl"]["sha256"]
+        == hashlib.sha256((tmp_path / "a" / "train.jsonl").read_bytes()).hexdigest()
+    )
     # another seed changes positions but not the split of any prompt
-    assert run("build-data", "--format", "hh-rlhf", "--input", data, "--output", tmp_path / "c", "--seed", "8") == 0
-    other = {s: {json.dumps(r["prompt"]) for r in load_records(tmp_path / "c" / f"{s}.jsonl")} for s in splits}
+    assert (
+        run(
+            "build-data",
+            "--format",
+            "hh-rlhf",
+            "--input",
+            data,
+            "--output",
+            tmp_path / "c",
+            "--seed",
+            "8",
+        )
+        == 0
+    )
+    other = {
+        s: {json.dumps(r["prompt"]) for r in load_records(tmp_path / "c" / f"{s}.jsonl")}
+        for s in splits
+    }
     assert other == prompts
-    assert (tmp_path / "c" / "train.jsonl").read_bytes() != (tmp_path / "a" / "train.jsonl").read_bytes()
+    assert (tmp_path / "c" / "train.jsonl").read_bytes() != (
+        tmp_path / "a" / "train.jsonl"
+    ).read_bytes()
 
 
 def test_duplicates_and_identical_candidates_are_dropped(tmp_path):
     rows = hh_rows(10)
     rows.append(dict(rows[3]))  # exact duplicate
-    rows.append({"chosen": "\n\nHuman: same\n\nAssistant: x", "rejected": "\n\nHuman: same\n\nAssistant: x"})
+    rows.append(
+        {"chosen": "\n\nHuman: same\n\nAssistant: x", "rejected": "\n\nHuman: same\n\nAssistant: x"}
+    )
     data = write_jsonl(tmp_path / "in.jsonl", rows)
     assert run("build-data", "-f", "hh-rlhf", "-i", data, "-o", tmp_path / "out") == 0
     m = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert sum(m["counts"]["total"].values()) == 10
     assert m["counts"]["dropped"] == {"duplicate": 1, "identical candidates": 1}
     rejects = [json.loads(x) for x in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
-    assert [(r["line"], r["reason"]) for r in rejects] == [(11, "duplicate"), (12, "identical candidates")]
+    assert [(r["line"], r["reason"]) for r in rejects] == [
+        (11, "duplicate"),
+        (12, "identical candidates"),
+    ]
 
 
 BAD_ROWS = [
     ("{not json", None, "valid JSON"),
     (json.dumps({"chosen": "\n\nHuman: q\n\nAssistant: a"}), "rejected", "field is missing"),
     (json.dumps({"chosen": 5, "rejected": "x"}), "chosen", "a string"),
-    (json.dumps({"chosen": "\n\nHuman: q\n\nAssistant: ", "rejected": "\n\nHuman: q\n\nAssistant: b"}), "chosen", "non-empty"),
+    (
+        json.dumps(
+            {"chosen": "\n\nHuman: q\n\nAssistant: ", "rejected": "\n\nHuman: q\n\nAssistant: b"}
+        ),
+        "chosen",
+        "non-empty",
+    ),
 ]
 
 
@@ -105,7 +180,10 @@ def test_malformed_row_stops_with_file_line_field(tmp_path, capsys, bad, field, 
     assert f"{data}:4" in err and expected in err and "--on-error skip" in err
     if field:
         assert f"field '{field}'" in err
-    assert not (tmp_path / "out" / "train.jsonl").exists() and not (tmp_path / "out" / "manifest.json").exists()
+    assert (
+        not (tmp_path / "out" / "train.jsonl").exists()
+        and not (tmp_path / "out" / "manifest.json").exists()
+    )
     assert list((tmp_path / "out").iterdir()) == []  # no temporary files left behind either
 
 
@@ -114,7 +192,10 @@ def test_on_error_skip_lists_rejects_and_completes(tmp_path):
     for i, (bad, _, _) in enumerate(BAD_ROWS):
         rows.insert(2 * i + 1, bad)
     data = write_jsonl(tmp_path / "in.jsonl", rows)
-    assert run("build-data", "-f", "hh-rlhf", "-i", data, "-o", tmp_path / "out", "--on-error", "skip") == 0
+    assert (
+        run("build-data", "-f", "hh-rlhf", "-i", data, "-o", tmp_path / "out", "--on-error", "skip")
+        == 0
+    )
     m = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert sum(m["counts"]["total"].values()) == 6 and m["counts"]["rejected_rows"] == 4
     rejects = [json.loads(x) for x in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
@@ -153,7 +234,9 @@ def test_input_formats_and_multiple_sources_with_cap_and_weight(tmp_path):
     assert (tmp_path / "out" / "config.yaml").exists()
     # the cap is a seeded sample: the same seed keeps the same records, another seed others
     assert run("build-data", recipe, "--output", tmp_path / "out2", "seed=4") == 0
-    par2 = {r["prompt"] for r in load_records(tmp_path / "out2" / "train.jsonl") if r["source"] == "par"}
+    par2 = {
+        r["prompt"] for r in load_records(tmp_path / "out2" / "train.jsonl") if r["source"] == "par"
+    }
     assert len(par2) == 25 and par2 != {r["prompt"] for r in par}
 
 
@@ -170,22 +253,55 @@ def test_examples_of_every_text_format_convert(tmp_path):
         assert run("build-data", "-f", fmt, "-i", path, "-o", out) == 0, fmt
         recs = [r for s in ("train", "val", "test") for r in load_records(out / f"{s}.jsonl")]
         assert len(recs) >= 10, fmt
-    assert run("build-data", "-f", "rewardbench", "-i", EXAMPLES / "rewardbench2" / "test.jsonl", "-o", tmp_path / "rb2") == 0
-    rb2 = [r for s in ("train", "val", "test") for r in load_records(tmp_path / "rb2" / f"{s}.jsonl")]
+    assert (
+        run(
+            "build-data",
+            "-f",
+            "rewardbench",
+            "-i",
+            EXAMPLES / "rewardbench2" / "test.jsonl",
+            "-o",
+            tmp_path / "rb2",
+        )
+        == 0
+    )
+    rb2 = [
+        r for s in ("train", "val", "test") for r in load_records(tmp_path / "rb2" / f"{s}.jsonl")
+    ]
     assert all(len(r["candidates"]) == 4 for r in rb2)
-    assert run("build-data", "-f", "pairs", "-i", EXAMPLES / "pairs" / "pairs.csv", "--column", "prompt=question",
-               "--column", "chosen=good_answer", "--column", "rejected=bad_answer", "-o", tmp_path / "csv") == 0
+    assert (
+        run(
+            "build-data",
+            "-f",
+            "pairs",
+            "-i",
+            EXAMPLES / "pairs" / "pairs.csv",
+            "--column",
+            "prompt=question",
+            "--column",
+            "chosen=good_answer",
+            "--column",
+            "rejected=bad_answer",
+            "-o",
+            tmp_path / "csv",
+        )
+        == 0
+    )
 
 
 def test_hub_id_offline_is_a_clear_error(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert run("build-data", "-f", "hh-rlhf", "-i", "Anthropic/hh-rlhf", "-o", tmp_path / "out") == 1
+    assert (
+        run("build-data", "-f", "hh-rlhf", "-i", "Anthropic/hh-rlhf", "-o", tmp_path / "out") == 1
+    )
     err = capsys.readouterr().err
     assert "hub" in err and "local folder" in err
 
 
 def test_missing_input_and_usage_errors(tmp_path, capsys):
-    assert run("build-data", "-f", "hh-rlhf", "-i", tmp_path / "nope.jsonl", "-o", tmp_path / "o") == 1
+    assert (
+        run("build-data", "-f", "hh-rlhf", "-i", tmp_path / "nope.jsonl", "-o", tmp_path / "o") == 1
+    )
     assert "input not found" in capsys.readouterr().err
     assert run("build-data", "--bogus-option") == 2
     assert run("build-data", "-f", "nosuch", "-i", tmp_path, "-o", tmp_path / "o") == 1
@@ -193,7 +309,20 @@ def test_missing_input_and_usage_errors(tmp_path, capsys):
 
 
 def test_dry_run_prints_resolved_config(tmp_path, capsys):
-    assert run("build-data", "-f", "hh-rlhf", "-i", "x.jsonl", "-o", tmp_path / "o", "--dry-run", "seed=5") == 0
+    assert (
+        run(
+            "build-data",
+            "-f",
+            "hh-rlhf",
+            "-i",
+            "x.jsonl",
+            "-o",
+            tmp_path / "o",
+            "--dry-run",
+            "seed=5",
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "seed: 5" in out and "format: hh-rlhf" in out
     assert not (tmp_path / "o").exists()
@@ -204,8 +333,23 @@ def _start_on_fifo(tmp_path: Path) -> tuple[subprocess.Popen, object, Path]:
     os.mkfifo(fifo)
     out = tmp_path / "out"
     env = {**os.environ, "RMKIT_NO_PROGRESS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "rmkit", "build-data", "-f", "hh-rlhf", "-i", str(fifo), "-o", str(out)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "rmkit",
+            "build-data",
+            "-f",
+            "hh-rlhf",
+            "-i",
+            str(fifo),
+            "-o",
+            str(out),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     fh = open(fifo, "w")  # noqa: SIM115 - closed by the caller
     for r in hh_rows(200):
         fh.write(json.dumps(r) + "\n")
@@ -223,10 +367,8 @@ def test_interrupted_build_leaves_no_partial_outputs(tmp_path, sig):
     assert any(out.glob(".rmkit-tmp-*")), "the build did not start writing"
     proc.send_signal(sig)
     proc.wait(timeout=30)
-    try:
+    with contextlib.suppress(BrokenPipeError):
         fh.close()
-    except BrokenPipeError:
-        pass
     finals = {p.name for p in out.iterdir() if not p.name.startswith(".rmkit-tmp-")}
     assert finals == set(), finals
     if sig == signal.SIGINT:

@@ -12,8 +12,13 @@ from rmkit.cli.main import main
 
 
 def rmkit(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "rmkit", *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "rmkit", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
 
 
 def test_version_and_help(capsys):
@@ -25,10 +30,14 @@ def test_version_and_help(capsys):
 
 
 def test_help_does_not_import_heavy_libraries():
-    code = ("import sys; from rmkit.cli.main import main; main(['--help']); "
-            "heavy = [m for m in ('torch', 'transformers', 'datasets', 'peft', 'openai', 'accelerate', 'pyarrow') if m in sys.modules]; "
-            "print('HEAVY', heavy)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
+    code = (
+        "import sys; from rmkit.cli.main import main; main(['--help']); "
+        "heavy = [m for m in ('torch', 'transformers', 'datasets', 'peft', 'openai', 'accelerate', 'pyarrow') if m in sys.modules]; "
+        "print('HEAVY', heavy)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    ).stdout
     assert "HEAVY []" in out
 
 
@@ -41,7 +50,16 @@ def test_error_funnel_one_line_with_hint_and_exit_1(tmp_path):
 
 
 def test_debug_variable_shows_traceback(tmp_path):
-    r = rmkit("build-data", "-f", "hh-rlhf", "-i", tmp_path / "missing.jsonl", "-o", tmp_path / "o", env={"RMKIT_DEBUG": "1"})
+    r = rmkit(
+        "build-data",
+        "-f",
+        "hh-rlhf",
+        "-i",
+        tmp_path / "missing.jsonl",
+        "-o",
+        tmp_path / "o",
+        env={"RMKIT_DEBUG": "1"},
+    )
     assert r.returncode == 1 and "Traceback" in r.stderr and "RmkitError" in r.stderr
 
 

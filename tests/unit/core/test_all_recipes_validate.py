@@ -8,7 +8,11 @@ import pytest
 
 from rmkit.config.kinds import load_config
 
-RECIPES = sorted(p for p in (Path(__file__).resolve().parents[3] / "recipes").rglob("*.yaml") if "accelerate" not in p.parts)
+RECIPES = sorted(
+    p
+    for p in (Path(__file__).resolve().parents[3] / "recipes").rglob("*.yaml")
+    if "accelerate" not in p.parts
+)
 
 
 def test_there_are_recipes():

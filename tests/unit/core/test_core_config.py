@@ -12,7 +12,14 @@ from rmkit.errors import ConfigError
 
 @pytest.mark.parametrize(
     "text,expected",
-    [("lr: 3e-4", 3e-4), ("lr: 1E5", 1e5), ("lr: -2.5e-6", -2.5e-6), ("lr: 0.1", 0.1), ("lr: 7", 7), ("lr: '3e-4'", "3e-4")],
+    [
+        ("lr: 3e-4", 3e-4),
+        ("lr: 1E5", 1e5),
+        ("lr: -2.5e-6", -2.5e-6),
+        ("lr: 0.1", 0.1),
+        ("lr: 7", 7),
+        ("lr: '3e-4'", "3e-4"),
+    ],
 )
 def test_scientific_notation_is_a_number(text, expected):
     value = load_yaml(text)["lr"]
@@ -26,7 +33,10 @@ def test_yaml_syntax_error_names_line():
 
 def test_overrides_set_nested_values_and_parse_types():
     data = {"optim": {"lr": 1.0}, "stages": [{"name": "a"}, {"name": "b"}]}
-    out = apply_overrides(data, ["optim.lr=1e-5", "optim.betas=[0.9, 0.95]", "new.key=true", "stages.1.name=c", "x=null"])
+    out = apply_overrides(
+        data,
+        ["optim.lr=1e-5", "optim.betas=[0.9, 0.95]", "new.key=true", "stages.1.name=c", "x=null"],
+    )
     assert out["optim"] == {"lr": 1e-5, "betas": [0.9, 0.95]}
     assert out["new"] == {"key": True}
     assert out["stages"][1]["name"] == "c"
@@ -47,15 +57,25 @@ def test_override_into_a_value_is_an_error():
 
 def test_unknown_key_suggests_closest():
     with pytest.raises(ConfigError) as e:
-        validate_config(BuildDataConfig, {"sources": [{"format": "pairs", "inputs": ["x"]}], "seeed": 3}, "r.yaml")
+        validate_config(
+            BuildDataConfig,
+            {"sources": [{"format": "pairs", "inputs": ["x"]}], "seeed": 3},
+            "r.yaml",
+        )
     assert "unknown key 'seeed'" in e.value.message and "did you mean 'seed'" in e.value.message
     assert e.value.hint == "rename 'seeed' to 'seed'"
 
 
 def test_unknown_nested_key_names_its_path():
     with pytest.raises(ConfigError) as e:
-        validate_config(BuildDataConfig, {"sources": [{"format": "pairs", "inputs": ["x"]}], "filters": {"max_promt_chars": 5}})
-    assert "filters.max_promt_chars" in e.value.message and "filters.max_prompt_chars" in e.value.message
+        validate_config(
+            BuildDataConfig,
+            {"sources": [{"format": "pairs", "inputs": ["x"]}], "filters": {"max_promt_chars": 5}},
+        )
+    assert (
+        "filters.max_promt_chars" in e.value.message
+        and "filters.max_prompt_chars" in e.value.message
+    )
 
 
 def test_unknown_format_suggests_one():
@@ -65,9 +85,14 @@ def test_unknown_format_suggests_one():
 
 def test_wrong_type_and_split_sum():
     with pytest.raises(ConfigError, match="'seed'"):
-        validate_config(BuildDataConfig, {"sources": [{"format": "pairs", "inputs": ["x"]}], "seed": "abc"})
+        validate_config(
+            BuildDataConfig, {"sources": [{"format": "pairs", "inputs": ["x"]}], "seed": "abc"}
+        )
     with pytest.raises(ConfigError, match="sum to 1"):
-        validate_config(BuildDataConfig, {"sources": [{"format": "pairs", "inputs": ["x"]}], "splits": {"train": 0.5}})
+        validate_config(
+            BuildDataConfig,
+            {"sources": [{"format": "pairs", "inputs": ["x"]}], "splits": {"train": 0.5}},
+        )
 
 
 def test_load_config_kind_checks(tmp_path):

@@ -6,13 +6,21 @@ import json
 
 import pytest
 
-from rmkit.data.records import load_records, make_record, record_problem, trace_problem, write_records
+from rmkit.data.records import (
+    load_records,
+    make_record,
+    record_problem,
+    trace_problem,
+    write_records,
+)
 from rmkit.errors import DataError, RmkitError
 from rmkit.utils.io import atomic_open
 
 
 def rec(**kw):
-    base = make_record(id="s:1", source="s", task="text", prompt="p", candidates=["a", "b"], label=1)
+    base = make_record(
+        id="s:1", source="s", task="text", prompt="p", candidates=["a", "b"], label=1
+    )
     base.update(kw)
     return base
 
@@ -42,11 +50,29 @@ def test_record_problems_name_the_field(change, field):
 def test_valid_records_and_ties():
     assert record_problem(rec()) is None
     assert record_problem(rec(label=None, label_kind="tie")) is None
-    assert record_problem(rec(prompt=[{"role": "user", "content": [{"type": "text", "text": "q"}, {"type": "image", "image": "images/a.png"}]}])) is None
+    assert (
+        record_problem(
+            rec(
+                prompt=[
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "text", "text": "q"},
+                            {"type": "image", "image": "images/a.png"},
+                        ],
+                    }
+                ]
+            )
+        )
+        is None
+    )
 
 
 def test_trace_problem():
-    ok = {"id": "t", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+    ok = {
+        "id": "t",
+        "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+    }
     assert trace_problem(ok) is None
     assert trace_problem({**ok, "messages": ok["messages"][:1]})[0] == "messages"
 

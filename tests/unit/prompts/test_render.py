@@ -1,12 +1,16 @@
-
-
 def test_caption_substituted_generation_candidates_render_as_text():
     from rmkit.prompts import render_judge_messages
 
     rec = {
-        "id": "g#caption", "source": "s", "task": "image_generation", "prompt": "a red cube",
-        "images": [], "candidates": ["[Image description: a red cube]", "[Image description: a blue ball]"],
-        "label": 0, "label_kind": "preferred", "meta": {"caption_substituted": True},
+        "id": "g#caption",
+        "source": "s",
+        "task": "image_generation",
+        "prompt": "a red cube",
+        "images": [],
+        "candidates": ["[Image description: a red cube]", "[Image description: a blue ball]"],
+        "label": 0,
+        "label_kind": "preferred",
+        "meta": {"caption_substituted": True},
     }
     msgs = render_judge_messages(rec, [1, 0], "default")
     user = msgs[-1]["content"]

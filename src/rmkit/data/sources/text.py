@@ -18,7 +18,13 @@ from rmkit.data.sources.base import (
     split_conversation,
 )
 
-HH_SUBSETS = ("harmless-base", "helpful-base", "helpful-online", "helpful-rejection-sampled", "red-team-attempts")
+HH_SUBSETS = (
+    "harmless-base",
+    "helpful-base",
+    "helpful-online",
+    "helpful-rejection-sampled",
+    "red-team-attempts",
+)
 _H, _A = "\n\nHuman:", "\n\nAssistant:"
 
 
@@ -48,7 +54,10 @@ def _hh_split(chosen: str, rejected: str) -> tuple[str, str, str]:
             i += 1
         end = chosen.rfind(_A, 0, i)
         if end == -1:
-            raise RowError("chosen", "a transcript sharing its prompt with 'rejected' up to an '\\n\\nAssistant:' turn")
+            raise RowError(
+                "chosen",
+                "a transcript sharing its prompt with 'rejected' up to an '\\n\\nAssistant:' turn",
+            )
         end += len(_A)
     return chosen[:end], chosen[end:].strip(), rejected[end:].strip()
 
@@ -89,7 +98,11 @@ def ultrafeedback(row: dict[str, Any], opts: dict[str, Any]) -> list[Pair]:
         raise RowError("rejected", "the same conversation context as 'chosen'")
     context = ctx_c or [{"role": "user", "content": prompt}]
     meta = {k: row[k] for k in ("score_chosen", "score_rejected") if row.get(k) is not None}
-    if opts.get("drop_ties") and meta.get("score_chosen") is not None and meta.get("score_chosen") == meta.get("score_rejected"):
+    if (
+        opts.get("drop_ties")
+        and meta.get("score_chosen") is not None
+        and meta.get("score_chosen") == meta.get("score_rejected")
+    ):
         raise Skip("tie: score_chosen == score_rejected")
     return [
         Pair(
@@ -104,11 +117,20 @@ def ultrafeedback(row: dict[str, Any], opts: dict[str, Any]) -> list[Pair]:
 
 def skywork(row: dict[str, Any], opts: dict[str, Any]) -> list[Pair]:
     ctx_c, c = split_conversation(normalize_messages(require(row, "chosen"), "chosen"), "chosen")
-    ctx_r, r = split_conversation(normalize_messages(require(row, "rejected"), "rejected"), "rejected")
+    ctx_r, r = split_conversation(
+        normalize_messages(require(row, "rejected"), "rejected"), "rejected"
+    )
     if ctx_c != ctx_r:
         raise RowError("rejected", "the same conversation context as 'chosen'")
     meta = {"origin": row["source"]} if isinstance(row.get("source"), str) else {}
-    return [Pair(prompt=prompt_from_messages(ctx_c), candidates=[nonempty(c, "chosen"), nonempty(r, "rejected")], label=0, meta=meta)]
+    return [
+        Pair(
+            prompt=prompt_from_messages(ctx_c),
+            candidates=[nonempty(c, "chosen"), nonempty(r, "rejected")],
+            label=0,
+            meta=meta,
+        )
+    ]
 
 
 def helpsteer3(row: dict[str, Any], opts: dict[str, Any]) -> list[Pair]:
@@ -130,12 +152,29 @@ def helpsteer3(row: dict[str, Any], opts: dict[str, Any]) -> list[Pair]:
     if pref == 0:
         if not opts.get("keep_ties"):
             raise Skip("tie: overall_preference == 0")
-        return [Pair(prompt=prompt_from_messages(context), candidates=[r1, r2], label=None, label_kind="tie", meta=meta, subset=meta.get("domain"))]
+        return [
+            Pair(
+                prompt=prompt_from_messages(context),
+                candidates=[r1, r2],
+                label=None,
+                label_kind="tie",
+                meta=meta,
+                subset=meta.get("domain"),
+            )
+        ]
     if abs(pref) < min_strength:
         raise Skip(f"weak preference: |overall_preference| < {min_strength}")
     # HelpSteer3: negative values mean response1 is better, positive mean response2 is better.
     label = 0 if pref < 0 else 1
-    return [Pair(prompt=prompt_from_messages(context), candidates=[r1, r2], label=label, meta=meta, subset=meta.get("domain"))]
+    return [
+        Pair(
+            prompt=prompt_from_messages(context),
+            candidates=[r1, r2],
+            label=label,
+            meta=meta,
+            subset=meta.get("domain"),
+        )
+    ]
 
 
 def _text_or_reply(row: dict[str, Any], key: str) -> tuple[list[dict[str, Any]], str]:
@@ -160,27 +199,57 @@ def rewardbench(row: dict[str, Any], opts: dict[str, Any]) -> list[Pair]:
         prompt = prompt_v
     else:
         prompt = prompt_from_messages(normalize_messages(prompt_v, "prompt"))
-    meta = {k: row[k] for k in ("subset", "chosen_model", "rejected_model", "num_correct") if row.get(k) is not None}
+    meta = {
+        k: row[k]
+        for k in ("subset", "chosen_model", "rejected_model", "num_correct")
+        if row.get(k) is not None
+    }
     key = str(row["id"]) if row.get("id") is not None else None
     chosen, rejected = require(row, "chosen"), require(row, "rejected")
     if isinstance(chosen, list) and chosen and all(isinstance(x, str) for x in chosen):
-        if not isinstance(rejected, list) or not rejected or not all(isinstance(x, str) for x in rejected):
+        if (
+            not isinstance(rejected, list)
+            or not rejected
+            or not all(isinstance(x, str) for x in rejected)
+        ):
             raise RowError("rejected", "a non-empty list of strings (RewardBench 2 layout)")
         rej = [nonempty(x, f"rejected[{i}]") for i, x in enumerate(rejected)]
         out = []
         for i, c in enumerate(chosen):
             out.append(
-                Pair(prompt=prompt, candidates=[nonempty(c, f"chosen[{i}]"), *rej], label=0, key=None if key is None else (key if len(chosen) == 1 else f"{key}.{i}"), meta=dict(meta), subset=meta.get("subset"))
+                Pair(
+                    prompt=prompt,
+                    candidates=[nonempty(c, f"chosen[{i}]"), *rej],
+                    label=0,
+                    key=None if key is None else (key if len(chosen) == 1 else f"{key}.{i}"),
+                    meta=dict(meta),
+                    subset=meta.get("subset"),
+                )
             )
         return out
     _, c = _text_or_reply(row, "chosen")
     _, r = _text_or_reply(row, "rejected")
-    return [Pair(prompt=prompt, candidates=[nonempty(c, "chosen"), nonempty(r, "rejected")], label=0, key=key, meta=meta, subset=meta.get("subset"))]
+    return [
+        Pair(
+            prompt=prompt,
+            candidates=[nonempty(c, "chosen"), nonempty(r, "rejected")],
+            label=0,
+            key=key,
+            meta=meta,
+            subset=meta.get("subset"),
+        )
+    ]
 
 
 def pairs(row: dict[str, Any], opts: dict[str, Any]) -> list[Pair]:
     """Generic prompt/chosen/rejected rows; ``columns`` maps our names to the source's."""
-    cols = {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected", "id": "id", **(opts.get("columns") or {})}
+    cols = {
+        "prompt": "prompt",
+        "chosen": "chosen",
+        "rejected": "rejected",
+        "id": "id",
+        **(opts.get("columns") or {}),
+    }
     mapped = {k: row.get(v) for k, v in cols.items()}
     for k in ("chosen", "rejected"):
         if mapped[k] is None:
@@ -190,7 +259,9 @@ def pairs(row: dict[str, Any], opts: dict[str, Any]) -> list[Pair]:
     pv = mapped["prompt"]
     if pv is None:
         if not ctx_c:
-            raise RowError(cols["prompt"], "a value (or chosen/rejected given as whole conversations)")
+            raise RowError(
+                cols["prompt"], "a value (or chosen/rejected given as whole conversations)"
+            )
         if ctx_c != ctx_r:
             raise RowError(cols["rejected"], "the same conversation context as the chosen column")
         prompt = prompt_from_messages(ctx_c)
@@ -202,14 +273,45 @@ def pairs(row: dict[str, Any], opts: dict[str, Any]) -> list[Pair]:
         prompt = prompt_from_messages(normalize_messages(pv, cols["prompt"]))
     key = str(mapped["id"]) if mapped.get("id") is not None else None
     extra = {k: row[k] for k in opts.get("keep_columns") or [] if k in row}
-    return [Pair(prompt=prompt, candidates=[nonempty(c, cols["chosen"]), nonempty(r, cols["rejected"])], label=0, key=key, meta=extra)]
+    return [
+        Pair(
+            prompt=prompt,
+            candidates=[nonempty(c, cols["chosen"]), nonempty(r, cols["rejected"])],
+            label=0,
+            key=key,
+            meta=extra,
+        )
+    ]
 
 
 TEXT_CONVERTERS = {
-    "hh-rlhf": ConverterSpec("hh-rlhf", hh_rlhf, "Anthropic HH-RLHF transcripts (chosen/rejected)", {"subset": None}),
-    "ultrafeedback": ConverterSpec("ultrafeedback", ultrafeedback, "UltraFeedback binarized (prompt, chosen/rejected messages, scores)", {"drop_ties": False}),
-    "skywork": ConverterSpec("skywork", skywork, "Skywork-Reward-Preference (chosen/rejected conversations)"),
-    "helpsteer3": ConverterSpec("helpsteer3", helpsteer3, "HelpSteer3 preference (context, response1/2, overall_preference)", {"keep_ties": False, "min_strength": 1, "keep_rationales": True}),
-    "rewardbench": ConverterSpec("rewardbench", rewardbench, "RewardBench / RewardBench 2 style (prompt, chosen, rejected; lists for v2)"),
-    "pairs": ConverterSpec("pairs", pairs, "generic prompt/chosen/rejected with a column mapping", {"columns": {}, "keep_columns": []}),
+    "hh-rlhf": ConverterSpec(
+        "hh-rlhf", hh_rlhf, "Anthropic HH-RLHF transcripts (chosen/rejected)", {"subset": None}
+    ),
+    "ultrafeedback": ConverterSpec(
+        "ultrafeedback",
+        ultrafeedback,
+        "UltraFeedback binarized (prompt, chosen/rejected messages, scores)",
+        {"drop_ties": False},
+    ),
+    "skywork": ConverterSpec(
+        "skywork", skywork, "Skywork-Reward-Preference (chosen/rejected conversations)"
+    ),
+    "helpsteer3": ConverterSpec(
+        "helpsteer3",
+        helpsteer3,
+        "HelpSteer3 preference (context, response1/2, overall_preference)",
+        {"keep_ties": False, "min_strength": 1, "keep_rationales": True},
+    ),
+    "rewardbench": ConverterSpec(
+        "rewardbench",
+        rewardbench,
+        "RewardBench / RewardBench 2 style (prompt, chosen, rejected; lists for v2)",
+    ),
+    "pairs": ConverterSpec(
+        "pairs",
+        pairs,
+        "generic prompt/chosen/rejected with a column mapping",
+        {"columns": {}, "keep_columns": []},
+    ),
 }
