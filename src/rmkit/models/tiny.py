@@ -76,6 +76,35 @@ def build_tiny_llama(folder: Path) -> None:
     tok.save_pretrained(folder)
 
 
+def _qwen_vl_tokenizer():
+    """(chat template, tiny tokenizer, config kwargs of the vision special-token ids) shared by
+    the Qwen-VL family fixtures."""
+    template = chatml_template(QWEN_VL_IMAGE)
+    tok = build_tiny_tokenizer(QWEN_VL_SPECIALS, template)
+    ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_VL_SPECIALS}
+    special_ids = {
+        "image_token_id": ids["<|image_pad|>"],
+        "video_token_id": ids["<|video_pad|>"],
+        "vision_start_token_id": ids["<|vision_start|>"],
+        "vision_end_token_id": ids["<|vision_end|>"],
+    }
+    return template, tok, special_ids
+
+
+def _qwen_vision(**family: object) -> dict:
+    """The tiny Qwen-VL vision tower settings plus the family's own keys."""
+    return dict(
+        depth=1,
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
+        out_hidden_size=TEXT_DIMS["hidden_size"],
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        **family,
+    )
+
+
 def build_tiny_qwen25_vl(folder: Path) -> None:
     from transformers import (
         Qwen2_5_VLConfig,
@@ -85,31 +114,11 @@ def build_tiny_qwen25_vl(folder: Path) -> None:
         Qwen2VLVideoProcessor,
     )
 
-    template = chatml_template(QWEN_VL_IMAGE)
-    tok = build_tiny_tokenizer(QWEN_VL_SPECIALS, template)
-    ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_VL_SPECIALS}
+    template, tok, special_ids = _qwen_vl_tokenizer()
     rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
     text = dict(vocab_size=len(tok), rope_parameters=rope, **TEXT_DIMS, **_token_ids(tok))
-    vision = dict(
-        depth=1,
-        hidden_size=32,
-        intermediate_size=64,
-        num_heads=2,
-        out_hidden_size=TEXT_DIMS["hidden_size"],
-        patch_size=14,
-        spatial_merge_size=2,
-        temporal_patch_size=2,
-        window_size=56,
-        fullatt_block_indexes=[0],
-    )
-    config = Qwen2_5_VLConfig(
-        text_config=text,
-        vision_config=vision,
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-    )
+    vision = _qwen_vision(patch_size=14, window_size=56, fullatt_block_indexes=[0])
+    config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **special_ids)
     _save_model(Qwen2_5_VLForConditionalGeneration, config, tok, folder)
     image_processor = Qwen2VLImageProcessor(min_pixels=QWEN_MIN_PIXELS, max_pixels=QWEN_MAX_PIXELS)
     processor = Qwen2_5_VLProcessor(
@@ -130,9 +139,7 @@ def build_tiny_qwen3_vl(folder: Path) -> None:
         Qwen3VLVideoProcessor,
     )
 
-    template = chatml_template(QWEN_VL_IMAGE)
-    tok = build_tiny_tokenizer(QWEN_VL_SPECIALS, template)
-    ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_VL_SPECIALS}
+    template, tok, special_ids = _qwen_vl_tokenizer()
     head_dim = TEXT_DIMS["hidden_size"] // TEXT_DIMS["num_attention_heads"]
     # Interleaved over the head_dim / 2 = 8 frequencies: 4 temporal, 2 height, 2 width.
     rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 2, 2]}
@@ -143,26 +150,8 @@ def build_tiny_qwen3_vl(folder: Path) -> None:
         **TEXT_DIMS,
         **_token_ids(tok),
     )
-    vision = dict(
-        depth=1,
-        hidden_size=32,
-        intermediate_size=64,
-        num_heads=2,
-        out_hidden_size=TEXT_DIMS["hidden_size"],
-        patch_size=16,
-        spatial_merge_size=2,
-        temporal_patch_size=2,
-        num_position_embeddings=64,
-        deepstack_visual_indexes=[0],
-    )
-    config = Qwen3VLConfig(
-        text_config=text,
-        vision_config=vision,
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-    )
+    vision = _qwen_vision(patch_size=16, num_position_embeddings=64, deepstack_visual_indexes=[0])
+    config = Qwen3VLConfig(text_config=text, vision_config=vision, **special_ids)
     _save_model(Qwen3VLForConditionalGeneration, config, tok, folder)
     half = [0.5, 0.5, 0.5]
     image_processor = Qwen2VLImageProcessor(

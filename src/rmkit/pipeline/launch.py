@@ -10,6 +10,7 @@ written by the runner; every process validates it for its world size and calls
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = validate_config(TrainConfig, spec["config"], f"stage '{spec.get('stage')}'")
         summary = train(cfg, resume=args.resume)
     except RmkitError as e:
-        print(f"error: {e}", file=sys.stderr)
+        logging.getLogger(__name__).error("error: %s", e)
         return 1
     if is_main_process():
         write_json_atomic(Path(cfg.output) / "train_summary.json", summary)
