@@ -91,24 +91,23 @@ def model_sizes(model) -> tuple[int, int]:
 
 
 def rollout_variants(loaded, conv, n: int, max_new: int) -> list[dict]:
-    """Sequential vs batched generation, fp32 vs bf16 autocast (same seed)."""
+    """Sequential vs batched generation, fp32 vs a bf16 weight copy (same seed)."""
     import torch
 
     from rmkit.generation.base import SamplingParams
     from rmkit.generation.hf import HFBackend
     from rmkit.training.model import merged_lora
-    from rmkit.training.rollout import rollout_precision
 
     out = []
     for name, batched, dtype, merge in [
         ("one at a time, fp32", False, None, False),
         ("batched, fp32", True, None, False),
         ("batched, fp32, LoRA folded in", True, None, True),
-        ("batched, bf16 autocast, LoRA folded in", True, "bfloat16", True),
+        ("batched, bf16 weight copy, LoRA folded in", True, torch.bfloat16, True),
     ]:
         backend = HFBackend(loaded, batch_size=n)
         t = time.perf_counter()
-        with rollout_precision(dtype, "cpu"), merged_lora(loaded.model, merge), torch.no_grad():
+        with merged_lora(loaded.model, merge, dtype), torch.no_grad():
             if batched:
                 res = backend.generate([conv], SamplingParams(n=n, max_new_tokens=max_new, seed=0))
             else:

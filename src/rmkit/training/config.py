@@ -118,7 +118,8 @@ class RLSection(StrictModel):
         True, description="generate with LoRA folded into the weights (restored exactly after)"
     )
     rollout_dtype: Literal["float32", "bfloat16"] | None = Field(
-        None, description="bfloat16: generate under bf16 autocast (default: the model's dtype)"
+        None,
+        description="bfloat16: generate with a bf16 copy of the weights (default: the model's dtype)",
     )
     rollout_batch_size: int | None = Field(
         None, gt=0, description="sequences per generate call (default: all of the step)"

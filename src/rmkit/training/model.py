@@ -149,7 +149,7 @@ def disable_dropout(model) -> int:
 
 
 @contextlib.contextmanager
-def merged_lora(model, enabled: bool = True):
+def merged_lora(model, enabled: bool = True, dtype=None):
     """Run with the active LoRA adapters folded into their base weights, then restore them.
 
     Generation then runs plain linear layers instead of base + two low-rank matmuls per layer
@@ -158,14 +158,20 @@ def merged_lora(model, enabled: bool = True):
     so the weights come out bit-for-bit unchanged (no merge/unmerge rounding drift). Costs one
     extra copy of the adapted weights while inside. Quantized (QLoRA) layers are left as they
     are.
+
+    ``dtype`` (e.g. ``torch.bfloat16``): also give every floating-point parameter a copy in that
+    dtype while inside, so generation runs as a plain low-precision model. On CPUs this is
+    about twice as fast per decode step as bf16 autocast, which re-casts every fp32 weight at
+    every step. The yielded count is the number of LoRA layers folded.
     """
     import torch
 
-    swapped = []
-    if enabled:
-        from peft.tuners.lora import LoraLayer
+    swapped: dict[int, tuple] = {}  # id(param) -> (param, original data)
+    folded = []
+    with torch.no_grad():
+        if enabled:
+            from peft.tuners.lora import LoraLayer
 
-        with torch.no_grad():
             for module in model.modules():
                 if not isinstance(module, LoraLayer) or module.merged or module.disable_adapters:
                     continue
@@ -180,12 +186,20 @@ def merged_lora(model, enabled: bool = True):
                 ):
                     continue
                 delta = sum(module.get_delta_weight(a) for a in active)
-                swapped.append((module, weight, weight.data))
-                weight.data = weight.data + delta.to(weight.dtype)
+                swapped[id(weight)] = (weight, weight.data)
+                weight.data = (weight.data + delta.to(weight.dtype)).to(dtype or weight.dtype)
                 module.merged_adapters = list(active)
+                folded.append(module)
+        if dtype is not None:
+            for param in model.parameters():
+                if id(param) in swapped or not param.is_floating_point() or param.dtype == dtype:
+                    continue
+                swapped[id(param)] = (param, param.data)
+                param.data = param.data.to(dtype)
     try:
-        yield len(swapped)
+        yield len(folded)
     finally:
-        for module, weight, original in swapped:
-            weight.data = original
+        for param, original in swapped.values():
+            param.data = original
+        for module in folded:
             module.merged_adapters = []

@@ -69,7 +69,7 @@ def make_rollout(run, records: list[dict], epoch: int) -> Rollout:
 
     merge = cfg.rl.merge_lora_for_rollout and cfg.weights.mode == "lora"
     try:
-        with rollout_precision(cfg.rl.rollout_dtype, run.accel.device), merged_lora(model, merge):
+        with merged_lora(model, merge, rollout_dtype(cfg.rl.rollout_dtype, model)):
             per_prompt = run.backend.generate(convs, params)
     finally:
         model.train(was_training)
@@ -84,20 +84,19 @@ def make_rollout(run, records: list[dict], epoch: int) -> Rollout:
     return Rollout(records, orders, convs, completions, group, stats)
 
 
-def rollout_precision(dtype: str | None, device):
-    """bf16 autocast for generation when asked (fp32 weights, bf16 matmuls: AMX CPUs, GPUs).
+def rollout_dtype(name: str | None, model):
+    """The dtype generation runs in, or None to keep the model's own (see ``merged_lora``).
 
-    The sampled tokens then come from a bf16 evaluation of the policy; log-probs for the loss
-    are computed by the training forward pass in the model's own dtype, as with any rollout
+    With ``bfloat16`` the sampled tokens come from a bf16 copy of the policy; log-probs for the
+    loss are computed by the training forward pass in the model's own dtype, as with any rollout
     engine that samples in lower precision than it trains.
     """
-    import contextlib
-
     import torch
 
-    if dtype != "bfloat16":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+    if name is None:
+        return None
+    dtype = getattr(torch, name)
+    return None if dtype == getattr(model, "dtype", None) else dtype
 
 
 def score(run, ro: Rollout) -> tuple[list[float], Any, list]:

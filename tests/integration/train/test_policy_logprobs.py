@@ -118,3 +118,31 @@ def test_folding_lora_for_generation_is_exact_and_undone(policy):
     assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
     with merged_lora(model, enabled=False) as n_folded:
         assert n_folded == 0
+
+
+def test_bf16_rollout_copy_runs_in_bf16_and_restores_fp32_weights(policy):
+    from rmkit.training.model import merged_lora
+    from rmkit.training.rollout import rollout_dtype
+
+    model = policy.model.eval()
+    assert rollout_dtype(None, model) is None
+    assert rollout_dtype("float32", model) is None  # already the model's dtype: nothing to swap
+    assert rollout_dtype("bfloat16", model) is torch.bfloat16
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    ids = torch.randint(3, 900, (2, 12), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        plain = model(input_ids=ids).logits
+        with merged_lora(model, True, torch.bfloat16) as n_folded:
+            assert n_folded == 14
+            dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+            assert dtypes == {torch.bfloat16}
+            low = model(input_ids=ids).logits
+        after = model(input_ids=ids).logits
+    assert low.dtype == torch.bfloat16
+    # a bf16 evaluation of the same function: close, not equal
+    assert not torch.equal(low.float(), plain)
+    assert torch.allclose(low.float(), plain, atol=0.1 * float(plain.abs().max()))
+    assert torch.equal(plain, after)
+    assert all(
+        torch.equal(before[n], p) and p.dtype == torch.float32 for n, p in model.named_parameters()
+    )
