@@ -25,13 +25,13 @@ $(STAMP): pyproject.toml
 
 DEMO_OUT ?= runs/quickstart
 
-# The main job on the embedded default: build the bundled example data, then let the default
-# model (SmolLM2-135M-Instruct, offline) judge one held-out pair with the default template.
+# The main job on the embedded default: the CPU quickstart pipeline (recipes/quickstart.yaml) on
+# SmolLM2-135M-Instruct (offline) with the bundled examples/quickstart data: build data, score
+# the untrained judge, SFT cold start, GRPO, score again, report. Re-running skips finished
+# stages and resumes an interrupted one.
 demo: $(STAMP)
-	$(BIN)/rmkit build-data recipes/data/examples-text.yaml --output $(DEMO_OUT)/data
-	$(BIN)/rmkit eval --benchmark records --data $(DEMO_OUT)/data --split val --limit 1 \
-		--model smollm2-135m --max-new-tokens 160 --output $(DEMO_OUT)/judge-one
-	$(BIN)/python scripts/show_prediction.py $(DEMO_OUT)/judge-one/predictions.jsonl
+	$(BIN)/rmkit run recipes/quickstart.yaml --output $(DEMO_OUT)
+	@echo "report: $(DEMO_OUT)/report.md"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -518,6 +518,7 @@ def make_fact_rows(
         prompt = rng.choice(FACT_OPENERS) + spec["question"].format(**fill)
         rows.append({"id": f"{tag}-{len(rows):04d}", "prompt": prompt, "chosen": true,
                      "rejected": false, "kind": "facts", "rule": f"{rel}: {key}",
+                     "question": spec["question"].format(**fill),
                      "chosen_evidence": f"{value} is right", "rejected_evidence":
                      f"{bad} is wrong", "topic": rel})  # fmt: skip
     return rows
@@ -564,11 +565,17 @@ def trace_text(row: dict, order: list[int], style: str = "think") -> tuple[str, 
     """(target text, 1-based answer) for ``row`` shown in ``order`` (0 = chosen, 1 = rejected).
 
     ``style`` "direct": ``<answer>K</answer>``; "think": the rule and each reply's evidence in
-    a think block first.
+    a think block first; "copy": the think block repeats the correct reply and its label,
+    ``<think>The capital of Peru is Lima. (K)</think><answer>K</answer>``; "qa": the same after
+    the bare question (facts only), so the reply is written right after the question, as when
+    the model answers it itself.
     """
     answer = order.index(0) + 1
     if style == "direct":
         return f"<answer>{answer}</answer>", answer
+    if style in ("copy", "qa"):
+        lead = f"{row['question']} " if style == "qa" else ""
+        return f"<think>{lead}{row['chosen']} ({answer})</think><answer>{answer}</answer>", answer
     ev = [row["chosen_evidence"], row["rejected_evidence"]]
     parts = [f"Rule: {row['rule']}", f"Response 1: {ev[order[0]]}", f"Response 2: {ev[order[1]]}"]
     think = " ".join(p if p.endswith(('."', '!"', '?"')) else p + "." for p in parts)
@@ -618,7 +625,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--kinds", default=",".join(DEFAULT_KINDS), help=f"comma list of {', '.join(KINDS)}"
     )
-    ap.add_argument("--trace", choices=("direct", "think"), default="direct")
+    ap.add_argument("--trace", choices=("direct", "think", "copy", "qa"), default="copy")
     args = ap.parse_args(argv)
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     unknown = [k for k in kinds if k not in KINDS]

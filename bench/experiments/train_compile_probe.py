@@ -35,8 +35,8 @@ def main() -> None:
 
     from rmkit.models.chat import prepare_inputs
     from rmkit.models.loading import load_model
-    from rmkit.prompts import render_judge_messages
     from rmkit.models.lora import LoraSettings, apply_lora
+    from rmkit.prompts import render_judge_messages
     from rmkit.training.model import merged_lora
 
     loaded = load_model("smollm2-135m", dtype=args.dtype)

@@ -109,7 +109,26 @@ def print_summary(summary: dict, run_dir: Path) -> None:
         t.add_row(*map(escape, cells))
     con = _console()
     con.print(t)
+    line = headline(summary)
+    if line:
+        con.print(line, soft_wrap=True, markup=False)
     con.print(f"summary: {run_dir / 'summary.json'}", soft_wrap=True, markup=False)
+
+
+def headline(summary: dict) -> str | None:
+    """One line with the before/after result of a run that has a report stage, else None."""
+    keys = ("accuracy_before", "accuracy_after", "ci95_low", "ci95_high", "n_heldout")
+    if any(summary.get(k) is None for k in keys):
+        return None
+    a, b = summary["accuracy_before"], summary["accuracy_after"]
+    lo, hi = summary["ci95_low"], summary["ci95_high"]
+    verdict = (
+        "a significant gain" if lo > 0 else "a significant drop" if hi < 0 else "no clear change"
+    )
+    return (
+        f"held-out accuracy {a:.3f} -> {b:.3f} ({100 * (b - a):+.1f} points, 95% CI "
+        f"[{100 * lo:+.1f}, {100 * hi:+.1f}], n={summary['n_heldout']}): {verdict}"
+    )
 
 
 def _console():

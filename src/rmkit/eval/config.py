@@ -92,6 +92,12 @@ class EvalConfig(StrictModel):
         description="generate: parse a sampled verdict; likelihood: the answer with the highest "
         "probability after a forced answer tag (local judges only)",
     )
+    reasoning: Literal["empty", "greedy"] = Field(
+        "empty",
+        description="method likelihood only. empty: force an empty think block; greedy: the "
+        "judge writes its think block greedily (sampling.max_new_tokens), then the answers are "
+        "scored after it",
+    )
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     votes: int = Field(1, ge=1, description="verdicts sampled per item and order (voting@k)")
     orders: Literal[ORDER_MODES] = "random"  # type: ignore[valid-type]
@@ -145,6 +151,11 @@ class EvalConfig(StrictModel):
                 raise ValueError(
                     f"method 'likelihood' is deterministic: votes must be 1, got {self.votes}"
                 )
+        elif self.reasoning != "empty":
+            raise ValueError(
+                f"reasoning: {self.reasoning} applies to method 'likelihood' only; method "
+                f"'{self.method}' samples the whole judgement"
+            )
         return self
 
     @classmethod

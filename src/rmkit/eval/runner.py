@@ -229,7 +229,8 @@ def _judge_likelihood(
     def make_line(r: Request, sample: int, messages, completion, verdict) -> dict[str, Any]:
         return prediction_line(r.item, sample, cfg.n_slots, r.order, messages, completion, verdict)
 
-    return judge_likelihood(batch, backend, tpl, make_line)
+    steps = cfg.sampling.max_new_tokens if cfg.reasoning == "greedy" else None
+    return judge_likelihood(batch, backend, tpl, make_line, steps)
 
 
 def judge_requests(

@@ -63,8 +63,8 @@ def train_summary(folder: Path) -> dict[str, Any]:
         raise RmkitError(
             f"{folder}: no metrics.jsonl", hint="report.train lists finished train stage folders"
         )
-    keys = ["loss", "reward/total", "reward/accuracy", "reward/format", "accuracy"]
-    keys += ["response/length", "eval/accuracy"]
+    rewards = [k for k in rows[0] if k.startswith("reward/") and k != "reward/total"]
+    keys = ["loss", "reward/total", *rewards, "accuracy", "response/length", "eval/accuracy"]
     out: dict[str, Any] = {"steps": rows[-1].get("step"), "first": {}, "last": {}}
     for key in keys:
         vals = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
@@ -103,18 +103,22 @@ def accuracy_figure(path: Path, before: float, after: float, low: float, high: f
 
 
 def sample_lines(after: Path, k: int) -> list[str]:
-    """Markdown lines showing ``k`` predictions of the after run (id, verdict, right/wrong)."""
+    """Markdown lines showing ``k`` predictions of the after run (id, verdict, right/wrong): the
+    first ``ceil(k/2)`` right ones and the first wrong ones, in file order (fewer of one kind
+    when the other runs short)."""
     if k <= 0 or not (after / "predictions.jsonl").is_file():
         return []
-    out = []
-    for _, p in iter_jsonl(after / "predictions.jsonl"):
+    right: list[tuple[int, str]] = []
+    wrong: list[tuple[int, str]] = []
+    for i, (_, p) in enumerate(iter_jsonl(after / "predictions.jsonl")):
         probs = p.get("probabilities")
         extra = f", p = {max(probs):.2f}" if probs else ""
         mark = "right" if p.get("correct") else "wrong"
-        out.append(f"- `{p['id']}`: `{p.get('output', '').strip()[:120]}` ({mark}{extra})")
-        if len(out) >= k:
-            break
-    return out
+        line = f"- `{p['id']}`: `{p.get('output', '').strip()[:120]}` ({mark}{extra})"
+        (right if p.get("correct") else wrong).append((i, line))
+    n_right = min(len(right), max(k - len(wrong), (k + 1) // 2))
+    chosen = right[:n_right] + wrong[: k - n_right]
+    return [line for _, line in sorted(chosen)]
 
 
 def build_report(cfg: ReportStageConfig) -> dict[str, Any]:

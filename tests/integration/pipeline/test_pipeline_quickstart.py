@@ -24,6 +24,7 @@ def test_quickstart_recipe_runs_on_the_tiny_model(tiny_text_model, tmp_path):
     overrides = [
         "vars.model=tiny-llama",
         "vars.heldout=12",
+        "vars.think_tokens=8",
         "stages.sft.max_steps=2",
         "stages.sft.checkpoint.every_steps=1",
         "stages.rl.max_steps=2",
