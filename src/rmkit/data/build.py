@@ -24,7 +24,7 @@ import random
 from collections import Counter, defaultdict
 from contextlib import ExitStack
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import orjson
 
@@ -45,27 +45,17 @@ from rmkit.data.sources.text import HH_SUBSETS
 from rmkit.errors import DataError, RmkitError
 from rmkit.utils.console import Progress
 from rmkit.utils.io import (
+    HashingWriter,
     atomic_open,
     clean_stale_tmp,
     dumps_line,
+    file_sha256,
     write_json_atomic,
     write_text_atomic,
 )
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
-
-
-class _HashingWriter:
-    """Writes lines and keeps a running sha256 and count."""
-
-    def __init__(self, fh: IO[bytes]):
-        self.fh, self.sha, self.n = fh, hashlib.sha256(), 0
-
-    def write(self, line: bytes) -> None:
-        self.fh.write(line)
-        self.sha.update(line)
-        self.n += 1
 
 
 def _u64(*parts: Any) -> int:
@@ -90,8 +80,8 @@ class Builder:
         self.pairs2: Counter[str] = Counter()
         self.rejected = 0
         self.inputs: list[dict[str, Any]] = []
-        self.writers: dict[str, _HashingWriter] = {}
-        self.rejects: _HashingWriter | None = None
+        self.writers: dict[str, HashingWriter] = {}
+        self.rejects: HashingWriter | None = None
         self._split_bounds = (cfg.splits.train, cfg.splits.train + cfg.splits.val)
         self._salt = cfg.splits.salt.encode() + b"\x00"
         self.validate = False
@@ -300,7 +290,7 @@ class Builder:
                 "rows": 0,
             }
             if Path(path).is_file():
-                info["sha256"] = _file_sha256(Path(path))
+                info["sha256"] = file_sha256(Path(path))
             self.inputs.append(info)
             with Progress(f"{src.format} {Path(path).name}", unit="rows") as prog:
                 current = None
@@ -339,10 +329,10 @@ class Builder:
         clean_stale_tmp(self.out)
         with ExitStack() as stack:
             for split in SPLITS:
-                self.writers[split] = _HashingWriter(
+                self.writers[split] = HashingWriter(
                     stack.enter_context(atomic_open(self.out / f"{split}.jsonl", "wb"))
                 )
-            self.rejects = _HashingWriter(
+            self.rejects = HashingWriter(
                 stack.enter_context(atomic_open(self.out / "rejects.jsonl", "wb"))
             )
             for src in self.cfg.sources:
@@ -405,14 +395,6 @@ def _default_roots(path: str) -> list[Path]:
     if p.is_dir():
         return [p]
     return [p.parent] if p.exists() else []
-
-
-def _file_sha256(p: Path) -> str:
-    h = hashlib.sha256()
-    with open(p, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def build_data(cfg: BuildDataConfig, output: str | Path | None = None) -> dict[str, Any]:

@@ -23,118 +23,37 @@ description, so a text-only policy can be trained on multimodal data.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
-import threading
-import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from rmkit import __version__
+from rmkit.data.caption_cache import (  # noqa: F401  (re-exported)
+    DEFAULT_PROMPT,
+    SPLITS,
+    CaptionCache,
+    CaptionSettings,
+    caption_key,
+)
 from rmkit.data.images import STORED_NAME, record_image_refs
 from rmkit.data.records import read_records, record_problem
 from rmkit.errors import RmkitError
 from rmkit.utils.console import Progress
-from rmkit.utils.io import atomic_open, dumps_line, read_json, write_json_atomic
+from rmkit.utils.io import (
+    HashingWriter,
+    atomic_open,
+    dumps_line,
+    file_sha256,
+    read_json,
+    write_json_atomic,
+)
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
 CACHE_FILE = "caption_cache.jsonl"
 ID_SUFFIX = "#caption"
-DEFAULT_PROMPT = (
-    "Describe this image in detail for someone who cannot see it: the main subjects and their "
-    "attributes, where things are placed, any visible text, and the setting and style."
-)
-
-
-@dataclass
-class CaptionSettings:
-    """How captions are made; ``prompt``, ``max_new_tokens`` and ``temperature`` enter the cache key."""
-
-    prompt: str = DEFAULT_PROMPT
-    max_new_tokens: int = 256
-    temperature: float = 0.0
-    chunk_size: int = 8
-    splits: tuple[str, ...] = SPLITS
-    keep_text: bool = False  # also copy records that have no image (unchanged but for the id)
-
-
-def caption_key(image_sha: str, model: str, settings: CaptionSettings) -> str:
-    """The cache key of one caption: SHA-256 of the image hash, model, prompt and decoding."""
-    payload = {
-        "image": image_sha,
-        "model": model,
-        "prompt": settings.prompt,
-        "max_new_tokens": settings.max_new_tokens,
-        "temperature": settings.temperature,
-    }
-    return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
-
-
-class CaptionCache:
-    """Append-only JSONL store ``{"key", "image", "model", "caption", "time"}`` (thread-safe).
-
-    A torn last line (a run killed mid-write) is skipped on load and sealed with a newline.
-    """
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.captions: dict[str, str] = {}
-        self.skipped = 0
-        if self.path.exists():
-            for line in self.path.read_bytes().split(b"\n"):
-                if not line.strip():
-                    continue
-                try:
-                    row = orjson.loads(line)
-                    self.captions[row["key"]] = str(row["caption"])
-                except (orjson.JSONDecodeError, KeyError, TypeError):
-                    self.skipped += 1
-        if self.skipped:
-            log.warning(
-                "%s: skipped %d unreadable line(s) (a run was killed mid-write)",
-                self.path,
-                self.skipped,
-            )
-        self._lock = threading.Lock()
-        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        if self.path.stat().st_size and self.path.read_bytes()[-1:] != b"\n":
-            os.write(self._fd, b"\n")
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.captions
-
-    def __len__(self) -> int:
-        return len(self.captions)
-
-    def put(self, key: str, image_sha: str, model: str, caption: str) -> None:
-        line = orjson.dumps(
-            {
-                "key": key,
-                "image": image_sha,
-                "model": model,
-                "caption": caption,
-                "time": round(time.time(), 3),
-            }
-        )
-        with self._lock:
-            if self._fd is None:
-                raise RmkitError(f"{self.path}: cache already closed")
-            os.write(self._fd, line + b"\n")
-            self.captions[key] = caption
-
-    def close(self) -> None:
-        with self._lock:
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
 
 
 def image_sha(dataset: Path, ref: str) -> str:
@@ -145,13 +64,7 @@ def image_sha(dataset: Path, ref: str) -> str:
         raise RmkitError(
             f"{dataset}: image {ref} is missing", hint="rebuild the dataset with rmkit build-data"
         )
-    if m:
-        return m.group(2)
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return m.group(2) if m else file_sha256(path)
 
 
 def _split_files(dataset: Path, splits: tuple[str, ...]) -> list[tuple[str, Path]]:
@@ -386,9 +299,9 @@ def caption_dataset(
 def _write_split(
     path: Path | None, target: Path, captions: dict[str, str], model: str, keep_text: bool
 ) -> tuple[int, int, str]:
-    written = skipped = 0
-    h = hashlib.sha256()
+    skipped = 0
     with atomic_open(target, "wb") as fh:
+        out = HashingWriter(fh)
         for rec in read_records(path) if path is not None else ():
             new = substitute(rec, captions, model)
             if new is None:
@@ -404,8 +317,5 @@ def _write_split(
                         "image_record_id": rec["id"],
                     },
                 }
-            line = dumps_line(new)
-            fh.write(line)
-            h.update(line)
-            written += 1
-    return written, skipped, h.hexdigest()
+            out.write(dumps_line(new))
+    return out.n, skipped, out.sha.hexdigest()

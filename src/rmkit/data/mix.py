@@ -36,7 +36,7 @@ from rmkit import __version__
 from rmkit.data.images import ImageStore, record_image_refs, write_file_atomic
 from rmkit.data.records import record_problem
 from rmkit.errors import DataError, RmkitError
-from rmkit.utils.io import atomic_open, dumps_line, write_json_atomic
+from rmkit.utils.io import HashingWriter, atomic_open, dumps_line, write_json_atomic
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
@@ -158,17 +158,15 @@ class _Mixer:
             select(f, n, c, random.Random(f"{self.seed}:{split}:{i}")) if f and c else iter(())
             for i, (f, n, c) in enumerate(zip(files, avail, counts, strict=True))
         ]
-        h = hashlib.sha256()
         with atomic_open(self.out / f"{split}.jsonl", "wb") as fh:
+            out = HashingWriter(fh)
             for i in order:
                 copy, lineno, line = next(streams[i])
-                line = self._check(line, files[i], lineno, copy)
-                fh.write(line)
-                h.update(line)
+                out.write(self._check(line, files[i], lineno, copy))
         return {
             "available": avail,
             "taken": counts,
-            "sha256": h.hexdigest(),
+            "sha256": out.sha.hexdigest(),
             "records": sum(counts),
         }
 

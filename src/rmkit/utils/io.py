@@ -8,6 +8,7 @@ partial file under a final name.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -110,3 +111,24 @@ def clean_stale_tmp(folder: str | os.PathLike) -> int:
                 p.unlink()
                 n += 1
     return n
+
+
+class HashingWriter:
+    """Writes lines to ``fh`` and keeps their running SHA-256 (``sha``) and count (``n``)."""
+
+    def __init__(self, fh: IO[bytes]):
+        self.fh, self.sha, self.n = fh, hashlib.sha256(), 0
+
+    def write(self, line: bytes) -> None:
+        self.fh.write(line)
+        self.sha.update(line)
+        self.n += 1
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

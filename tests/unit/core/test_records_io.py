@@ -106,3 +106,22 @@ def test_atomic_open_text_mode(tmp_path):
     with atomic_open(tmp_path / "a.txt", "w") as fh:
         fh.write("héllo")
     assert (tmp_path / "a.txt").read_text(encoding="utf-8") == "héllo"
+
+
+def test_hashing_writer_and_file_sha256_agree_with_hashlib(tmp_path):
+    import hashlib
+
+    from rmkit.utils.io import HashingWriter, file_sha256
+
+    lines = [b'{"a":1}\n', b'{"b":2}\n', b"x" * (3 << 20) + b"\n"]  # one line over a read block
+    path = tmp_path / "out.jsonl"
+    with open(path, "wb") as fh:
+        w = HashingWriter(fh)
+        for line in lines:
+            w.write(line)
+    want = hashlib.sha256(b"".join(lines)).hexdigest()
+    assert w.n == 3 and w.sha.hexdigest() == want
+    assert path.read_bytes() == b"".join(lines)
+    assert file_sha256(path) == want
+    (tmp_path / "empty").write_bytes(b"")
+    assert file_sha256(tmp_path / "empty") == hashlib.sha256(b"").hexdigest()
