@@ -515,10 +515,11 @@ def make_fact_rows(
         fill = {"key": key, "key_cap": key[:1].upper() + key[1:]}
         true = sentence_case(spec["sentence"].format(value=value, **fill))
         false = sentence_case(spec["sentence"].format(value=bad, **fill))
-        prompt = rng.choice(FACT_OPENERS) + spec["question"].format(**fill)
+        question = spec["question"].format(**fill)
+        prompt = rng.choice(FACT_OPENERS) + question
         rows.append({"id": f"{tag}-{len(rows):04d}", "prompt": prompt, "chosen": true,
                      "rejected": false, "kind": "facts", "rule": f"{rel}: {key}",
-                     "question": spec["question"].format(**fill),
+                     "question": question,
                      "chosen_evidence": f"{value} is right", "rejected_evidence":
                      f"{bad} is wrong", "topic": rel})  # fmt: skip
     return rows
@@ -631,6 +632,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [k for k in kinds if k not in KINDS]
     if unknown or not kinds:
         ap.error(f"--kinds: unknown {unknown}; choose from {', '.join(KINDS)}")
+    if args.trace == "qa" and kinds != ["facts"]:
+        ap.error("--trace qa restates the bare question: it needs --kinds facts")
     rng = random.Random(args.seed)
     if kinds == ["facts"]:
         bank = yaml.safe_load(args.facts.read_text(encoding="utf-8"))

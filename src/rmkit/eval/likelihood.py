@@ -105,7 +105,8 @@ def score_conversations(
     its own forced assistant ``prefixes[i]``."""
     from rmkit.serve.score import continuation_logprobs
 
-    split = [answer_token_ids(loaded.tokenizer, p, answers) for p in prefixes]
+    by_prefix = {p: answer_token_ids(loaded.tokenizer, p, answers) for p in set(prefixes)}
+    split = [by_prefix[p] for p in prefixes]
     if all(len(t) == 1 for _, tails in split for t in tails):
         logp = next_token_logprobs(loaded, conversations, [shared for shared, _ in split])
         return [

@@ -191,8 +191,17 @@ def merged_lora(model, enabled: bool = True, dtype=None):
                 module.merged_adapters = list(active)
                 folded.append(module)
         if dtype is not None:
+            # the adapters of folded layers are not used while inside: leave them as they are
+            unused = {
+                id(p) for m in folded for p in (*m.lora_A.parameters(), *m.lora_B.parameters())
+            }
             for param in model.parameters():
-                if id(param) in swapped or not param.is_floating_point() or param.dtype == dtype:
+                if (
+                    id(param) in swapped
+                    or id(param) in unused
+                    or not param.is_floating_point()
+                    or param.dtype == dtype
+                ):
                     continue
                 swapped[id(param)] = (param, param.data)
                 param.data = param.data.to(dtype)
