@@ -91,10 +91,10 @@ class Progress:
         if now - self._last >= self.every_s or (self.total is not None and self.n >= self.total):
             self._last = now
             tot = f"/{self.total}" if self.total is not None else ""
-            print(
+            err_console().print(
                 f"{self.description}: {self.n}{tot} {self.unit} ({now - self._t0:.0f}s) {status}",
-                file=sys.stderr,
-                flush=True,
+                markup=False,
+                soft_wrap=True,
             )
 
     def __exit__(self, *exc) -> None:

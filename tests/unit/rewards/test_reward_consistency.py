@@ -58,9 +58,12 @@ def test_consistency_variants_against_local_judge(variant, expected):
         finally:
             be.close()
         assert srv.count() == 3  # the sample without <think> was not sent
-        first = last_user_text(srv.chat_requests()[0].body)
-        assert "Response 1 is better" in first and "Line one." not in first  # only the last 2 lines
-        assert srv.chat_requests()[0].body["temperature"] == 0.0
+        # requests run concurrently, so find the first sample's by its content, not its position
+        texts = [last_user_text(r.body) for r in srv.chat_requests()]
+        first = [t for t in texts if "Response 2 is weak." in t]
+        assert len(first) == 1
+        assert "Response 1 is better" in first[0] and "Line one." not in first[0]  # last 2 lines
+        assert all(r.body["temperature"] == 0.0 for r in srv.chat_requests())
 
 
 def test_consistency_through_compose_builds_and_closes_its_backend():
