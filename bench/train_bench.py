@@ -19,8 +19,9 @@ rollout batch, no gradient checkpointing. Everything runs in one process, one af
    step split into ``generate``, the rest of the rollout phase, and training. Skipped (and said
    so) when that interpreter is missing.
 
-With ``--threads`` other than 1, ``OMP_WAIT_POLICY=PASSIVE`` is set (unless already set) for
-every row: on a shared machine OpenMP's default busy-waiting makes 2-thread steps collapse.
+Every row runs under the OpenMP wait policy the ``rmkit`` command would choose (OpenMP's default
+busy-waiting, or ``PASSIVE`` if the machine is already busy at start; an exported
+``OMP_WAIT_POLICY`` wins); the section header records it.
 
 Model FLOPs: generation 2·N per token (N = non-embedding parameters; the output head counts
 for generated tokens), training pass with LoRA 4·N per sequence token (forward + input
@@ -54,14 +55,17 @@ DEFAULT_TRL = "/tmp/rmkit-trl-venv/bin/python"
 
 
 # (name, model dtype, RL overrides); MFU is against the matmul peak of the model dtype
+GENERATE = {"rollout_decoder": "generate"}
 RMKIT_VARIANTS = [
     (
-        "rmkit, fp32, LoRA layers in rollout, prompt re-run per completion",
+        "rmkit, fp32, LoRA layers in rollout, prompt re-run per completion, HF generate",
         "float32",
-        {"shared_prompts": False, "merge_lora_for_rollout": False},
+        {"shared_prompts": False, "merge_lora_for_rollout": False, **GENERATE},
     ),
+    ("rmkit, fp32, HF generate", "float32", GENERATE),
     ("rmkit, fp32", "float32", {}),
     ("rmkit, fp32 + bf16 rollouts", "float32", {"rollout_dtype": "bfloat16"}),
+    ("rmkit, bf16 weights, HF generate", "bfloat16", GENERATE),
     ("rmkit, bf16 weights", "bfloat16", {}),
 ]
 
@@ -99,13 +103,16 @@ def rollout_variants(loaded, conv, n: int, max_new: int) -> list[dict]:
     from rmkit.training.model import merged_lora
 
     out = []
-    for name, batched, dtype, merge in [
-        ("one at a time, fp32", False, None, False),
-        ("batched, fp32", True, None, False),
-        ("batched, fp32, LoRA folded in", True, None, True),
-        ("batched, bf16 weight copy, LoRA folded in", True, torch.bfloat16, True),
-    ]:
-        backend = HFBackend(loaded, batch_size=n)
+    for name, batched, dtype, merge, decoder in [
+        ("one at a time, fp32, HF generate", False, None, False, "generate"),
+        ("batched, fp32, HF generate", True, None, False, "generate"),
+        ("batched, fp32, LoRA folded in, HF generate", True, None, True, "generate"),
+        ("batched, fp32, LoRA folded in, shared-prompt decoder", True, None, True, "auto"),
+        ("batched, bf16 copy, LoRA folded in, HF generate", True, torch.bfloat16, True, "generate"),
+        ("batched, bf16 copy, LoRA folded in, shared-prompt decoder", True, torch.bfloat16, True,
+         "auto"),
+    ]:  # fmt: skip
+        backend = HFBackend(loaded, batch_size=n, decoder=decoder)
         t = time.perf_counter()
         with merged_lora(loaded.model, merge, dtype), torch.no_grad():
             if batched:
@@ -285,11 +292,12 @@ def main() -> None:
     ap.add_argument("--no-record", action="store_true", help="print only; do not append to results")
     args = ap.parse_args()
     os.environ.setdefault("RMKIT_NO_PROGRESS", "1")
-    if args.threads != 1:
-        # On a shared machine, OpenMP's default busy-waiting makes 2-thread steps collapse (up
-        # to 20x slower, bench/experiments/train_threads_probe.py); set before torch loads
-        # OpenMP, inherited by the TRL subprocess, so every row runs alike.
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # The wait policy the rmkit CLI would choose (PASSIVE only on an already busy machine; see
+    # rmkit.cli.main.omp_wait_policy), set before torch loads OpenMP and inherited by the TRL
+    # subprocess, so every row runs alike.
+    from rmkit.cli.main import _set_omp_wait_policy
+
+    _set_omp_wait_policy()
     import torch
 
     if args.threads:

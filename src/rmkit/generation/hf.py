@@ -21,6 +21,14 @@ How it works:
   full ``(batch, steps, vocab)`` logits are never stored.
 - ``stats`` keeps counters and a time breakdown: ``prepare_s`` (chat template, tokenising,
   image processing), ``prefill_s`` (until the first new token's logits) and ``decode_s``.
+- ``decoder="auto"`` (the default) decodes text-only Llama/Qwen2 models with
+  :mod:`rmkit.generation.prefix_decode`: each distinct prompt is run once and its key/value
+  cache shared by its ``n`` completions (no padding, no per-step cache copies), and sampling
+  draws from the processed distribution by inverse CDF (one uniform number per row instead of
+  ``torch.multinomial``'s exponential draw over the whole vocabulary). Same temperature, top-p,
+  stop and log-prob semantics; other models, image inputs and generation configs with extra
+  logits processors go through ``model.generate``, as does ``decoder="generate"``.
+  ``stats["decoder"]`` says which ran last.
 
 The dtype (fp32/bf16) and quantization come from how the model was loaded.
 """
@@ -140,15 +148,20 @@ class _StopStrings:
         return torch.tensor(flags, dtype=torch.bool, device=input_ids.device)
 
 
+DECODERS = ("auto", "generate")
+
+
 class HFBackend:
     """Generate with a loaded local model (see the module docstring)."""
 
-    def __init__(self, loaded: Any, batch_size: int = 16):
+    def __init__(self, loaded: Any, batch_size: int = 16, decoder: str = "auto"):
         from rmkit.errors import RmkitError
 
         if not isinstance(batch_size, int) or batch_size < 1:
             raise RmkitError(f"batch_size must be an integer >= 1 (got {batch_size!r})")
-        self.loaded, self.batch_size = loaded, batch_size
+        if decoder not in DECODERS:
+            raise RmkitError(f"decoder must be one of {', '.join(DECODERS)} (got {decoder!r})")
+        self.loaded, self.batch_size, self.decoder = loaded, batch_size, decoder
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
         from rmkit.models.chat import end_of_turn_ids
 
@@ -163,6 +176,7 @@ class HFBackend:
             "prepare_s": 0.0,
             "prefill_s": 0.0,
             "decode_s": 0.0,
+            "decoder": None,
         }
 
     def generate(
@@ -243,30 +257,47 @@ class HFBackend:
         self, chunk: list[list[dict]], params: SamplingParams, seed: int | None, top_k: int
     ) -> list[Sample]:
         import torch
-        from transformers import LogitsProcessorList, StoppingCriteriaList
 
         from rmkit.models.chat import prepare_inputs
 
         t0 = time.perf_counter()
-        expanded = [conv for conv in chunk for _ in range(params.n)]
         device = self.model.device
-        inputs = {
-            k: v.to(device) if hasattr(v, "to") else v
-            for k, v in prepare_inputs(self.loaded, expanded).items()
-        }
-        prompt_len = inputs["input_ids"].shape[1]
+        gen_config = self._generation_config(params)
+        reason = "decoder='generate'"
+        if self.decoder == "auto":
+            from rmkit.generation.prefix_decode import unsupported_reason
+
+            reason = unsupported_reason(self.model, gen_config)
+        inputs = prepare_inputs(self.loaded, chunk if reason is None else _repeat(chunk, params.n))
+        if reason is None and set(inputs) - {"input_ids", "attention_mask"}:
+            reason = "image inputs"
+            inputs = prepare_inputs(self.loaded, _repeat(chunk, params.n))
+        inputs = {k: v.to(device) if hasattr(v, "to") else v for k, v in inputs.items()}
         recorder = _StepRecorder(params.logprobs, top_k)
-        stops = _StopStrings(self.tokenizer, params.stop, prompt_len) if params.stop else None
-        t1 = time.perf_counter()
         with torch.inference_mode(), _seeded(seed, device):
-            out = self.model.generate(
-                **inputs,
-                generation_config=self._generation_config(params),
-                logits_processor=LogitsProcessorList([recorder]),
-                stopping_criteria=StoppingCriteriaList([stops] if stops else []),
-            )
+            if reason is None:
+                mask = inputs.get("attention_mask", torch.ones_like(inputs["input_ids"]))
+                prompts = [
+                    row[m.bool()].tolist() for row, m in zip(inputs["input_ids"], mask, strict=True)
+                ]
+                stops = _StopStrings(self.tokenizer, params.stop, 0) if params.stop else None
+                t1 = time.perf_counter()
+                gen = self._decode_shared(prompts, params, recorder, stops, gen_config)
+                prompt_tokens = sum(len(p) for p in prompts) * params.n
+            else:
+                log.debug("model.generate runs this call: %s", reason)
+                prompt_len = inputs["input_ids"].shape[1]
+                stops = (
+                    _StopStrings(self.tokenizer, params.stop, prompt_len) if params.stop else None
+                )
+                t1 = time.perf_counter()
+                gen = self._generate_hf(inputs, gen_config, recorder, stops)[:, prompt_len:]
+                prompt_tokens = (
+                    int(inputs["attention_mask"].sum())
+                    if "attention_mask" in inputs
+                    else prompt_len * gen.shape[0]
+                )
         t2 = time.perf_counter()
-        gen = out.sequences[:, prompt_len:]
         chosen, top = recorder.finish(gen[:, -1])
         done_at = stops.done_at if stops else {}
         samples = [
@@ -281,13 +312,10 @@ class HFBackend:
         ]
         first = recorder.first_call or t2
         st = self.stats
+        st["decoder"] = "prefix" if reason is None else "generate"
         st["calls"] += 1
         st["sequences"] += len(samples)
-        st["prompt_tokens"] += (
-            int(inputs["attention_mask"].sum())
-            if "attention_mask" in inputs
-            else prompt_len * len(samples)
-        )
+        st["prompt_tokens"] += prompt_tokens
         st["generated_tokens"] += sum(len(s.token_ids) for s in samples)
         st["prepare_s"] += t1 - t0
         st["prefill_s"] += first - t1
@@ -296,6 +324,50 @@ class HFBackend:
             "generated %d sequence(s) x <= %d tokens in %.2fs", len(samples), gen.shape[1], t2 - t0
         )
         return samples
+
+    def _generate_hf(self, inputs: dict, gen_config, recorder, stops):
+        from transformers import LogitsProcessorList, StoppingCriteriaList
+
+        out = self.model.generate(
+            **inputs,
+            generation_config=gen_config,
+            logits_processor=LogitsProcessorList([recorder]),
+            stopping_criteria=StoppingCriteriaList([stops] if stops else []),
+        )
+        return out.sequences
+
+    def _decode_shared(
+        self, prompts: list[list[int]], params: SamplingParams, recorder, stops, gen_config
+    ):
+        """``params.n`` rows per prompt through :class:`PrefixDecoder`, choosing tokens as
+        ``generate`` would: recorder, temperature, top-p, then greedy or a sample; a finished
+        row gets the pad token."""
+        import torch
+
+        from rmkit.generation.prefix_decode import PrefixDecoder
+
+        warpers = _warpers(gen_config)
+        stop_ids = torch.tensor(self.stop_ids, device=self.model.device)
+        state: dict[str, Any] = {}
+
+        def select(logits, generated):
+            scores = recorder(generated, logits)
+            for warp in warpers:
+                scores = warp(generated, scores)
+            if params.greedy:
+                tokens = scores.argmax(dim=-1)
+            else:
+                tokens = sample_categorical(torch.softmax(scores, dim=-1))
+            done = state.get("done")
+            if done is not None:
+                tokens = tokens.masked_fill(done, self.pad_id)
+            now = torch.isin(tokens, stop_ids)
+            if stops is not None:
+                now |= stops(torch.cat([generated, tokens[:, None]], dim=1), scores)
+            state["done"] = now if done is None else done | now
+            return tokens, bool(state["done"].all())
+
+        return PrefixDecoder(self.model).run(prompts, params.n, params.max_new_tokens, select)
 
     def _sample(
         self,
@@ -326,6 +398,40 @@ class HFBackend:
             logprobs[:n] if logprobs is not None else None,
             top[:n] if top is not None else None,
         )
+
+
+def sample_categorical(probs):
+    """One index per row of ``probs (rows, vocab)`` (rows sum to 1), drawn by inverse CDF from
+    one uniform number per row (float64 cumulative sums; a zero-probability index is never
+    returned). Uses the global torch RNG."""
+    import torch
+
+    cdf = probs.double().cumsum(dim=-1)
+    u = torch.rand((probs.shape[0], 1), dtype=torch.float64, device=probs.device)
+    index = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
+    return index.squeeze(1).clamp_(max=probs.shape[1] - 1)
+
+
+def _warpers(gen_config) -> list:
+    """The temperature and top-p processors ``generate`` would apply for this config."""
+    from transformers.generation.logits_process import (
+        TemperatureLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    if not gen_config.do_sample:
+        return []
+    out = []
+    if gen_config.temperature is not None and gen_config.temperature != 1.0:
+        out.append(TemperatureLogitsWarper(gen_config.temperature))
+    if gen_config.top_p is not None and gen_config.top_p < 1.0:
+        out.append(TopPLogitsWarper(gen_config.top_p))
+    return out
+
+
+def _repeat(items: list, n: int) -> list:
+    """Each item ``n`` times in a row."""
+    return [x for x in items for _ in range(n)]
 
 
 def place_model(loaded: Any, device: str = "auto") -> None:

@@ -124,6 +124,10 @@ class RLSection(StrictModel):
     rollout_batch_size: int | None = Field(
         None, gt=0, description="sequences per generate call (default: all of the step)"
     )
+    rollout_decoder: Literal["auto", "generate"] = Field(
+        "auto",
+        description="auto: shared-prompt decoder for Llama/Qwen2 text models; generate: HF generate",
+    )
 
     def resolve(self) -> RLSection:
         """Fill unset knobs from the algorithm's defaults and check they fit together."""

@@ -271,7 +271,11 @@ def prepare_rl(cfg, resume: bool = False) -> Run:
         algorithm=effective_algorithm(cfg.rl),
         template=get_template(cfg.data.template),
         reward_fn=compose(cfg.rewards.components, cfg.rewards.combiner, base_dir=cfg.base_dir),
-        backend=HFBackend(run.loaded, batch_size=cfg.rl.rollout_batch_size or per_rank),
+        backend=HFBackend(
+            run.loaded,
+            batch_size=cfg.rl.rollout_batch_size or per_rank,
+            decoder=cfg.rl.rollout_decoder,
+        ),
         # Shared prompt passes need a KV cache: text models without gradient checkpointing.
         share_prompts=cfg.rl.shared_prompts
         and not run.loaded.is_vision

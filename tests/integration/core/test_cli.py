@@ -89,3 +89,18 @@ def test_recipes_validate_reports_each_file(tmp_path, capsys):
     captured = capsys.readouterr()
     assert f"ok    {good}" in captured.out
     assert f"FAIL  {bad}" in captured.out and "did you mean 'seed'" in captured.out
+
+
+def test_omp_wait_policy_follows_the_load_at_start():
+    from rmkit.cli.main import omp_wait_policy
+
+    assert omp_wait_policy(0.2, 2) is None  # quiet: OpenMP's default (busy-wait)
+    assert omp_wait_policy(1.4, 2) is None
+    assert omp_wait_policy(1.5, 2) == "PASSIVE"  # busy: sleep between parallel regions
+    assert omp_wait_policy(0.4, 1) is None and omp_wait_policy(0.5, 1) == "PASSIVE"
+    code = "import os, rmkit.cli.main; print(os.environ.get('OMP_WAIT_POLICY'))"
+    env = {**os.environ, "OMP_WAIT_POLICY": "ACTIVE"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert out.stdout.strip() == "ACTIVE"  # a value the user set is kept

@@ -20,20 +20,27 @@ CONVS = [
 
 
 class _StopAt(torch.nn.Module):
-    """Wraps an LM head: on decoding step ``steps[row]`` (0-based) row ``row`` is forced to emit
-    ``token`` (a test device that makes a random model end its turn exactly where we want)."""
+    """Wraps an LM head: on decoding step ``steps[row]`` (0-based) row ``row`` of ``rows`` is
+    forced to emit ``token`` (a test device that makes a random model end its turn exactly where
+    we want). The first token of every row comes from prefill calls, which may cover all rows at
+    once (``generate``) or one prompt each (the prefix decoder); later calls are one step each."""
 
-    def __init__(self, head: torch.nn.Module, token: int, steps: dict[int, int]):
+    def __init__(self, head: torch.nn.Module, token: int, steps: dict[int, int], rows: int):
         super().__init__()
-        self.head, self.token, self.steps, self.calls = head, token, steps, 0
+        self.head, self.token, self.steps, self.rows = head, token, steps, rows
+        self.prefilled, self.step = 0, 0
 
     def forward(self, hidden):
         logits = self.head(hidden)
-        step = self.calls
-        self.calls += 1
-        for row, at in self.steps.items():
-            if at == step and row < logits.shape[0]:
-                logits[row, -1, self.token] = 1e4
+        if self.prefilled < self.rows:  # rows first.. of this call take their token 0
+            first, step = self.prefilled, 0
+            self.prefilled += logits.shape[0]
+        else:
+            first, step = 0, self.step + 1
+            self.step = step
+        for i in range(logits.shape[0]):
+            if self.steps.get(first + i) == step:
+                logits[i, -1, self.token] = 1e4
         return logits
 
 
@@ -81,19 +88,21 @@ def test_greedy_is_deterministic_and_batch_independent(loaded_text):
         )  # left padding is neutral
 
 
-def test_stops_at_end_of_turn_per_row(loaded_text):
+@pytest.mark.parametrize("decoder", ["auto", "generate"])
+def test_stops_at_end_of_turn_per_row(loaded_text, decoder):
     im_end = loaded_text.tokenizer.convert_tokens_to_ids("<|im_end|>")
-    be = HFBackend(loaded_text, batch_size=16)
+    be = HFBackend(loaded_text, batch_size=16, decoder=decoder)
     assert im_end in be.stop_ids
     model = loaded_text.model
     original = model.lm_head
-    # prefill is call 0; call k picks new token k: row 0 stops after 2 tokens, row 1 after 4
-    model.lm_head = _StopAt(original, im_end, {0: 3, 1: 5})
+    # row 0 is forced to end its turn at new token 3 (0-based), row 1 at new token 5
+    model.lm_head = _StopAt(original, im_end, {0: 3, 1: 5}, rows=3)
     try:
         params = SamplingParams(temperature=0.0, max_new_tokens=7, logprobs=True)
         out = be.generate_detailed(CONVS[:3], params)
     finally:
         model.lm_head = original
+    assert be.stats["decoder"] == ("prefix" if decoder == "auto" else "generate")
     first, second, third = (row[0] for row in out)
     assert (
         first.finish_reason == "stop"
