@@ -6,9 +6,10 @@ SmolLM2-135M-Instruct judge (``smollm2-135m``, loaded once): once with ``batch_s
 (default 8), once with ``batch_size`` 1. Greedy decoding, at most T new tokens (default 32).
 Reports samples/s and generated tokens/s of each, the speed-up ratio, and how often the two
 runs reached the same verdict (left padding changes float rounding, so greedy outputs can
-differ slightly). Appends a row to ``bench/results/eval_throughput.md``.
+differ slightly). Appends a row to ``bench/results/eval_throughput.md``; ``--decoder generate`` runs the local
+backend with Hugging Face ``generate`` instead of its shared-prompt decoder.
 
-    .venv/bin/python bench/eval_throughput_bench.py [--items 16] [--batch-size 8] [--max-new-tokens 32]
+    .venv/bin/python bench/eval_throughput_bench.py [--items 16] [--batch-size 8] [--max-new-tokens 32] [--decoder auto|generate]
 """
 
 from __future__ import annotations
@@ -87,7 +88,13 @@ def write_fixture(root: Path, n: int) -> Path:
 
 
 def run_once(
-    loaded, data: Path, out: Path, batch_size: int, max_new_tokens: int, limit: int | None = None
+    loaded,
+    data: Path,
+    out: Path,
+    batch_size: int,
+    max_new_tokens: int,
+    limit: int | None = None,
+    decoder: str = "auto",
 ) -> tuple[float, dict, list]:
     from rmkit.eval import EvalConfig, run_eval
     from rmkit.eval.predictions import read_predictions
@@ -102,7 +109,7 @@ def run_once(
         seed=0,
         limit=limit,
     )
-    backend = HFBackend(loaded, batch_size=batch_size)
+    backend = HFBackend(loaded, batch_size=batch_size, decoder=decoder)
     t0 = time.perf_counter()
     metrics = run_eval(cfg, backend=backend)
     wall = time.perf_counter() - t0
@@ -114,6 +121,12 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument(
+        "--decoder",
+        choices=("auto", "generate"),
+        default="auto",
+        help="the local backend's decoder (auto: shared-prompt decoder; generate: HF generate)",
+    )
     args = ap.parse_args()
     os.environ.setdefault("RMKIT_NO_PROGRESS", "1")
 
@@ -126,11 +139,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = write_fixture(Path(tmp) / "rb", args.items)
         # A short warm-up so one-off costs (kernels, allocator) do not land on the first run.
-        run_once(loaded, data, Path(tmp) / "warm", args.batch_size, 4, limit=args.batch_size)
-        wb, mb, pb = run_once(
-            loaded, data, Path(tmp) / "batched", args.batch_size, args.max_new_tokens
+        run_once(
+            loaded, data, Path(tmp) / "warm", args.batch_size, 4, args.batch_size, args.decoder
         )
-        ws, ms, ps = run_once(loaded, data, Path(tmp) / "single", 1, args.max_new_tokens)
+        wb, mb, pb = run_once(
+            loaded, data, Path(tmp) / "batched", args.batch_size, args.max_new_tokens,
+            decoder=args.decoder,
+        )  # fmt: skip
+        ws, ms, ps = run_once(
+            loaded, data, Path(tmp) / "single", 1, args.max_new_tokens, decoder=args.decoder
+        )
     tokens_b = sum(p["n_tokens"] for p in pb)
     tokens_s = sum(p["n_tokens"] for p in ps)
     picks_b = {p["id"]: p["pick"] for p in pb}
@@ -145,7 +163,7 @@ def main() -> None:
     print(
         f"ratio {ratio:.2f}x; same verdict on {same:.0%}; parse failures {mb['parse_failure_rate']:.0%} / {ms['parse_failure_rate']:.0%}"
     )
-    machine = f"{platform.machine()} {os.cpu_count()} cpu"
+    machine = f"{platform.machine()} {os.cpu_count()} cpu, decoder {args.decoder}"
     row = (
         f"| {datetime.date.today()} | {machine} | {n} | {args.batch_size} | {args.max_new_tokens} | {wb:.1f} | {ws:.1f} "
         f"| {n / wb:.2f} | {n / ws:.2f} | {tokens_b / wb:.1f} | {tokens_s / ws:.1f} | {ratio:.2f} | {same:.0%} | {load} |\n"

@@ -20,7 +20,7 @@ rollout batch, no gradient checkpointing. Everything runs in one process, one af
    so) when that interpreter is missing.
 
 Every row runs under the OpenMP wait policy the ``rmkit`` command would choose (OpenMP's default
-busy-waiting, or ``PASSIVE`` if the machine is already busy at start; an exported
+busy-waiting, or ``PASSIVE`` if other processes keep the cores busy at start; an exported
 ``OMP_WAIT_POLICY`` wins); the section header records it.
 
 Model FLOPs: generation 2·N per token (N = non-embedding parameters; the output head counts
@@ -292,12 +292,12 @@ def main() -> None:
     ap.add_argument("--no-record", action="store_true", help="print only; do not append to results")
     args = ap.parse_args()
     os.environ.setdefault("RMKIT_NO_PROGRESS", "1")
-    # The wait policy the rmkit CLI would choose (PASSIVE only on an already busy machine; see
-    # rmkit.cli.main.omp_wait_policy), set before torch loads OpenMP and inherited by the TRL
-    # subprocess, so every row runs alike.
-    from rmkit.cli.main import _set_omp_wait_policy
+    # The wait policy the rmkit command would choose (PASSIVE only if other processes keep the
+    # cores busy at start; see rmkit.cli.main.omp_wait_policy), set before torch loads OpenMP
+    # and inherited by the TRL subprocess, so every row runs alike.
+    from rmkit.cli.main import set_omp_wait_policy
 
-    _set_omp_wait_policy()
+    set_omp_wait_policy()
     import torch
 
     if args.threads:

@@ -87,13 +87,10 @@ class _Buffers:
     """Per-layer generated-token keys/values ``(rows, kv_heads, capacity, head_dim)``."""
 
     def __init__(self, n_layers: int, shape: tuple[int, int, int], capacity: int, like):
-        import torch
-
         rows, heads, dim = shape
         self.k = [like.new_empty((rows, heads, capacity, dim)) for _ in range(n_layers)]
         self.v = [like.new_empty((rows, heads, capacity, dim)) for _ in range(n_layers)]
         self.capacity = capacity
-        self._torch = torch
 
     def ensure(self, needed: int, limit: int) -> None:
         if needed <= self.capacity:

@@ -91,16 +91,24 @@ def test_recipes_validate_reports_each_file(tmp_path, capsys):
     assert f"FAIL  {bad}" in captured.out and "did you mean 'seed'" in captured.out
 
 
-def test_omp_wait_policy_follows_the_load_at_start():
-    from rmkit.cli.main import omp_wait_policy
+def test_omp_wait_policy_follows_the_cores_in_use_at_start():
+    from rmkit.cli.main import busy_cores, omp_wait_policy
 
-    assert omp_wait_policy(0.2, 2) is None  # quiet: OpenMP's default (busy-wait)
-    assert omp_wait_policy(1.4, 2) is None
-    assert omp_wait_policy(1.5, 2) == "PASSIVE"  # busy: sleep between parallel regions
-    assert omp_wait_policy(0.4, 1) is None and omp_wait_policy(0.5, 1) == "PASSIVE"
-    code = "import os, rmkit.cli.main; print(os.environ.get('OMP_WAIT_POLICY'))"
-    env = {**os.environ, "OMP_WAIT_POLICY": "ACTIVE"}
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
-    )
-    assert out.stdout.strip() == "ACTIVE"  # a value the user set is kept
+    assert omp_wait_policy(0.0) is None and omp_wait_policy(0.4) is None  # OpenMP's default
+    assert omp_wait_policy(0.5) == "PASSIVE" and omp_wait_policy(1.7) == "PASSIVE"
+    busy = busy_cores(0.05)
+    assert busy is None or 0.0 <= busy <= (os.cpu_count() or 1) + 1e-9
+
+
+def test_commands_set_the_policy_unless_the_user_did(monkeypatch, capsys):
+    import rmkit.cli.main as cli
+
+    for busy, want in ((1.2, "PASSIVE"), (0.1, None)):
+        monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+        monkeypatch.setattr(cli, "busy_cores", lambda interval=0.1, b=busy: b)
+        assert main(["recipes", "--help"]) == 0
+        assert os.environ.get("OMP_WAIT_POLICY") == want
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    monkeypatch.setattr(cli, "busy_cores", lambda interval=0.1: 2.0)
+    assert main(["recipes", "--help"]) == 0
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"  # a value the user set is kept
