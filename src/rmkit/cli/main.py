@@ -53,14 +53,25 @@ def busy_cores(interval: float = 0.1) -> float | None:
     return (1 - (idle1 - idle0) / (total1 - total0)) * (os.cpu_count() or 1)
 
 
+def _openmp_loaded() -> bool:
+    """Once torch is imported its OpenMP runtime has read the policy: changing it is moot."""
+    return "torch" in sys.modules
+
+
 def set_omp_wait_policy() -> str | None:
     """Apply :func:`omp_wait_policy` (before torch loads OpenMP); a value the user set wins.
     Returns the policy in force (None: OpenMP's default)."""
-    if "OMP_WAIT_POLICY" not in os.environ:
+    if "OMP_WAIT_POLICY" not in os.environ and not _openmp_loaded():
         busy = busy_cores()
         policy = omp_wait_policy(busy) if busy is not None else None
         if policy:
             os.environ["OMP_WAIT_POLICY"] = policy
+            logging.getLogger("rmkit").info(
+                "other processes keep %.1f core(s) busy: OpenMP threads will sleep between "
+                "parallel regions (OMP_WAIT_POLICY=%s; export OMP_WAIT_POLICY to choose)",
+                busy,
+                policy,
+            )
     return os.environ.get("OMP_WAIT_POLICY")
 
 

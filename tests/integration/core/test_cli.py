@@ -103,6 +103,7 @@ def test_omp_wait_policy_follows_the_cores_in_use_at_start():
 def test_commands_set_the_policy_unless_the_user_did(monkeypatch, capsys):
     import rmkit.cli.main as cli
 
+    monkeypatch.setattr(cli, "_openmp_loaded", lambda: False)  # as in a fresh `rmkit` process
     for busy, want in ((1.2, "PASSIVE"), (0.1, None)):
         monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
         monkeypatch.setattr(cli, "busy_cores", lambda interval=0.1, b=busy: b)
