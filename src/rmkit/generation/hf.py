@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rmkit.generation.base import Completion, SamplingParams
+from rmkit.generation.steps import StepRecorder, StopStrings, sample_categorical, warpers
 
 log = logging.getLogger(__name__)
 
@@ -70,83 +71,6 @@ class Sample:
         return Completion(
             self.text, len(self.token_ids), mean, self.finish_reason, list(self.token_ids)
         )
-
-
-class _StepRecorder:
-    """An identity logits processor that records when the first step ran and, if asked, the
-    log-softmax of each step's logits at the token chosen there (and the top ``k``)."""
-
-    def __init__(self, want_logprobs: bool, top_k: int):
-        self.want, self.top_k = want_logprobs or top_k > 0, top_k
-        self.first_call: float | None = None
-        self.prev = None  # (B, V) log-softmax of the previous step
-        self.chosen: list[Any] = []  # per step: (B,) log-probs of the chosen tokens
-        self.top: list[tuple[Any, Any]] = []  # per step: (values (B, k), indices (B, k))
-
-    def __call__(self, input_ids, scores):
-        import torch
-
-        if self.first_call is None:
-            if scores.is_cuda:  # let the prefill finish so the timing is true
-                torch.cuda.synchronize(scores.device)
-            self.first_call = time.perf_counter()
-        if self.want:
-            if self.prev is not None:
-                self._take(input_ids[:, -1])
-            self.prev = torch.log_softmax(scores.float(), dim=-1)
-            if self.top_k:
-                self.top.append(self.prev.topk(self.top_k, dim=-1))
-        return scores
-
-    def _take(self, tokens) -> None:
-        self.chosen.append(self.prev.gather(1, tokens.view(-1, 1)).squeeze(1))
-
-    def finish(self, last_tokens) -> tuple[list[list[float]] | None, list | None]:
-        """Gather the last step (its chosen tokens only appear in the final sequences) and
-        return, as Python lists (one device-to-host copy), the chosen tokens' log-probs
-        ``[B][T]`` and the top alternatives ``[B][T][k]`` as (token id, log-prob) pairs."""
-        import torch
-
-        if not self.want or self.prev is None:
-            return None, None
-        self._take(last_tokens)
-        self.prev = None
-        chosen = torch.stack(self.chosen, dim=1).cpu().tolist()
-        top = None
-        if self.top_k:
-            values = torch.stack([v for v, _ in self.top], dim=1).cpu().tolist()
-            ids = torch.stack([i for _, i in self.top], dim=1).cpu().tolist()
-            top = [
-                [list(zip(ri, rv, strict=True)) for ri, rv in zip(i_row, v_row, strict=True)]
-                for i_row, v_row in zip(ids, values, strict=True)
-            ]
-        return chosen, top
-
-
-class _StopStrings:
-    """A stopping criterion for stop strings that looks at the *generated* text only (the
-    prompt never triggers it, as in the OpenAI API). Records per row how many tokens had been
-    generated when a stop string first appeared."""
-
-    def __init__(self, tokenizer: Any, stops: tuple[str, ...], prompt_len: int):
-        self.tokenizer, self.stops, self.prompt_len = tokenizer, stops, prompt_len
-        self.window = max(len(s) for s in stops) + 8  # tokens: every token is >= 1 char or a byte
-        self.done_at: dict[int, int] = {}
-
-    def __call__(self, input_ids, scores, **kwargs):
-        import torch
-
-        gen = input_ids[:, self.prompt_len :]
-        flags = []
-        for row in range(gen.shape[0]):
-            if row not in self.done_at:
-                tail = self.tokenizer.decode(
-                    gen[row, -self.window :].tolist(), skip_special_tokens=True
-                )
-                if any(s in tail for s in self.stops):
-                    self.done_at[row] = gen.shape[1]
-            flags.append(row in self.done_at)
-        return torch.tensor(flags, dtype=torch.bool, device=input_ids.device)
 
 
 DECODERS = ("auto", "generate")
@@ -274,14 +198,14 @@ class HFBackend:
             reason = "image inputs"
             inputs = prepare_inputs(self.loaded, _repeat(chunk, params.n))
         inputs = {k: v.to(device) if hasattr(v, "to") else v for k, v in inputs.items()}
-        recorder = _StepRecorder(params.logprobs, top_k)
+        recorder = StepRecorder(params.logprobs, top_k)
         with torch.inference_mode(), _seeded(seed, device):
             if reason is None:
                 mask = inputs.get("attention_mask", torch.ones_like(inputs["input_ids"]))
                 prompts = [
                     row[m.bool()].tolist() for row, m in zip(inputs["input_ids"], mask, strict=True)
                 ]
-                stops = _StopStrings(self.tokenizer, params.stop, 0) if params.stop else None
+                stops = StopStrings(self.tokenizer, params.stop, 0) if params.stop else None
                 t1 = time.perf_counter()
                 gen = self._decode_shared(prompts, params, recorder, stops, gen_config)
                 prompt_tokens = sum(len(p) for p in prompts) * params.n
@@ -289,7 +213,7 @@ class HFBackend:
                 log.debug("model.generate runs this call: %s", reason)
                 prompt_len = inputs["input_ids"].shape[1]
                 stops = (
-                    _StopStrings(self.tokenizer, params.stop, prompt_len) if params.stop else None
+                    StopStrings(self.tokenizer, params.stop, prompt_len) if params.stop else None
                 )
                 t1 = time.perf_counter()
                 gen = self._generate_hf(inputs, gen_config, recorder, stops)[:, prompt_len:]
@@ -347,13 +271,13 @@ class HFBackend:
 
         from rmkit.generation.prefix_decode import PrefixDecoder
 
-        warpers = _warpers(gen_config)
+        processors = warpers(gen_config)
         stop_ids = torch.tensor(self.stop_ids, device=self.model.device)
         state: dict[str, Any] = {}
 
         def select(logits, generated):
             scores = recorder(generated, logits)
-            for warp in warpers:
+            for warp in processors:
                 scores = warp(generated, scores)
             if params.greedy:
                 tokens = scores.argmax(dim=-1)
@@ -399,35 +323,6 @@ class HFBackend:
             logprobs[:n] if logprobs is not None else None,
             top[:n] if top is not None else None,
         )
-
-
-def sample_categorical(probs):
-    """One index per row of ``probs (rows, vocab)`` (rows sum to 1), drawn by inverse CDF from
-    one uniform number per row (float64 cumulative sums; a zero-probability index is never
-    returned). Uses the global torch RNG."""
-    import torch
-
-    cdf = probs.double().cumsum(dim=-1)
-    u = torch.rand((probs.shape[0], 1), dtype=torch.float64, device=probs.device)
-    index = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
-    return index.squeeze(1).clamp_(max=probs.shape[1] - 1)
-
-
-def _warpers(gen_config) -> list:
-    """The temperature and top-p processors ``generate`` would apply for this config."""
-    from transformers.generation.logits_process import (
-        TemperatureLogitsWarper,
-        TopPLogitsWarper,
-    )
-
-    if not gen_config.do_sample:
-        return []
-    out = []
-    if gen_config.temperature is not None and gen_config.temperature != 1.0:
-        out.append(TemperatureLogitsWarper(gen_config.temperature))
-    if gen_config.top_p is not None and gen_config.top_p < 1.0:
-        out.append(TopPLogitsWarper(gen_config.top_p))
-    return out
 
 
 def _repeat(items: list, n: int) -> list:

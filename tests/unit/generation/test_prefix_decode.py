@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from rmkit.generation.base import SamplingParams
-from rmkit.generation.hf import HFBackend, sample_categorical
+from rmkit.generation.hf import HFBackend
 from rmkit.generation.prefix_decode import PrefixDecoder, unsupported_reason
+from rmkit.generation.steps import sample_categorical
 
 DIMS = dict(
     vocab_size=97,
