@@ -126,7 +126,14 @@ class Completion:
     (``max_new_tokens`` reached), "error" (the request failed and the caller asked to skip
     failures) or "empty" (an API answered a greedy request with empty content again after a
     retry: kept as the answer, since a temperature-0 answer does not change);
-    ``token_ids`` are the generated ids when the backend knows them (local only).
+    ``token_ids`` are the generated ids when the backend knows them (local, and a server
+    asked for them: :mod:`rmkit.generation.token_server`).
+
+    For RL a backend also reports, when it can: ``token_logprobs`` (one per token id: the
+    log-softmax of the model's raw logits at temperature 1, before top-p - the behaviour
+    log-probs, as vLLM's default ``raw_logprobs`` and rmkit's local backend record them),
+    ``prompt_token_ids`` (the prompt exactly as the model saw it) and ``policy_version`` (which
+    weights produced it: the RL step whose adapter the server had loaded; None when unknown).
 
     API backends also fill ``prompt_tokens`` / ``completion_tokens`` (the server's usage report
     for the request that produced this answer; None when it sent none) and set ``cached`` when
@@ -142,6 +149,9 @@ class Completion:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     cached: bool = False
+    token_logprobs: list[float] | None = None
+    prompt_token_ids: list[int] | None = None
+    policy_version: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -69,7 +69,12 @@ class Sample:
         lps = self.token_logprobs
         mean = sum(lps) / len(lps) if lps else None
         return Completion(
-            self.text, len(self.token_ids), mean, self.finish_reason, list(self.token_ids)
+            self.text,
+            len(self.token_ids),
+            mean,
+            self.finish_reason,
+            list(self.token_ids),
+            token_logprobs=list(lps) if lps is not None else None,
         )
 
 
@@ -114,10 +119,20 @@ class HFBackend:
         ]
 
     def generate_detailed(
-        self, conversations: list[list[dict]], params: SamplingParams, top_logprobs: int = 0
+        self,
+        conversations: list[list[dict]],
+        params: SamplingParams,
+        top_logprobs: int = 0,
+        on_step: Any = None,
     ) -> list[list[Sample]]:
         """Like :meth:`generate` but with per-token log-probs (and the ``top_logprobs`` best
         alternatives per step) when ``params.logprobs`` is set.
+
+        ``on_step(first_row, tokens)``, if given, is called before every decoding step after the
+        first with the token each row chose at the step before (for streaming): ``tokens[i]``
+        belongs to row ``first_row + i``, rows being conversation-major (``conversation * n +
+        sample``, with ``n = 1`` for greedy calls). A finished row reports the pad token; the
+        last step's tokens arrive only with the returned samples, which stay authoritative.
 
         Greedy decoding is deterministic, so with ``temperature == 0`` each conversation is
         generated once and its sample repeated ``n`` times. A model in training mode is switched
@@ -135,7 +150,8 @@ class HFBackend:
             for k, start in enumerate(range(0, len(conversations), per_chunk)):
                 chunk = conversations[start : start + per_chunk]
                 seed = None if params.seed is None else params.seed + k
-                samples = self._generate_chunk(chunk, params, seed, top)
+                tap = None if on_step is None else _StepTap(on_step, start * params.n)
+                samples = self._generate_chunk(chunk, params, seed, top, tap)
                 out.extend(samples[i * params.n : (i + 1) * params.n] for i in range(len(chunk)))
         finally:
             if was_training:
@@ -179,7 +195,12 @@ class HFBackend:
         return cfg
 
     def _generate_chunk(
-        self, chunk: list[list[dict]], params: SamplingParams, seed: int | None, top_k: int
+        self,
+        chunk: list[list[dict]],
+        params: SamplingParams,
+        seed: int | None,
+        top_k: int,
+        tap: _StepTap | None = None,
     ) -> list[Sample]:
         import torch
 
@@ -207,7 +228,8 @@ class HFBackend:
                 ]
                 stops = StopStrings(self.tokenizer, params.stop, 0) if params.stop else None
                 t1 = time.perf_counter()
-                gen = self._decode_shared(prompts, params, recorder, stops, gen_config)
+                hook = recorder if tap is None else tap.wrap(recorder, 0)
+                gen = self._decode_shared(prompts, params, hook, stops, gen_config)
                 prompt_tokens = sum(len(p) for p in prompts) * params.n
             else:
                 log.debug("model.generate runs this call: %s", reason)
@@ -216,7 +238,8 @@ class HFBackend:
                     StopStrings(self.tokenizer, params.stop, prompt_len) if params.stop else None
                 )
                 t1 = time.perf_counter()
-                gen = self._generate_hf(inputs, gen_config, recorder, stops)[:, prompt_len:]
+                hook = recorder if tap is None else tap.wrap(recorder, prompt_len)
+                gen = self._generate_hf(inputs, gen_config, hook, stops)[:, prompt_len:]
                 prompt_tokens = (
                     int(inputs["attention_mask"].sum())
                     if "attention_mask" in inputs
@@ -323,6 +346,25 @@ class HFBackend:
             logprobs[:n] if logprobs is not None else None,
             top[:n] if top is not None else None,
         )
+
+
+class _StepTap:
+    """Wraps a chunk's step recorder (an identity logits processor) to pass each step's
+    previous tokens to ``on_step(first_row, tokens)`` (see :meth:`HFBackend.generate_detailed`)."""
+
+    def __init__(self, on_step: Any, first_row: int):
+        self.on_step, self.first_row = on_step, first_row
+        self.recorder: Any = None
+        self.prompt_len = 0
+
+    def wrap(self, recorder: Any, prompt_len: int) -> _StepTap:
+        self.recorder, self.prompt_len = recorder, prompt_len
+        return self
+
+    def __call__(self, input_ids, scores):
+        if input_ids.shape[1] > self.prompt_len:
+            self.on_step(self.first_row, input_ids[:, -1].tolist())
+        return self.recorder(input_ids, scores)
 
 
 def _repeat(items: list, n: int) -> list:

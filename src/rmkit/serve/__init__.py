@@ -1,8 +1,16 @@
-"""OpenAI-compatible HTTP server for a local model (``rmkit serve``); see ``docs/serving.md``."""
+"""OpenAI-compatible HTTP server for a local model (``rmkit serve``); see ``docs/serving.md``.
+
+Layout: :mod:`~rmkit.serve.protocol` (request models and their conversion),
+:mod:`~rmkit.serve.responses` (response bodies, streamed chunks), :mod:`~rmkit.serve.app` (the
+FastAPI app and its guard), :mod:`~rmkit.serve.engine` and :mod:`~rmkit.serve.worker` (the
+model-worker thread and batching), :mod:`~rmkit.serve.lora` (runtime LoRA adapters),
+:mod:`~rmkit.serve.score` (``/v1/score``), :mod:`~rmkit.serve.server` (uvicorn, the CLI loop).
+"""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from rmkit.errors import RmkitError
@@ -18,13 +26,28 @@ def build_app(
     max_request_bytes: int | None = None,
     device: str = "auto",
     loaded: Any = None,
+    served_model_name: str | None = None,
+    enable_lora: bool = False,
+    lora_root: str | None = None,
+    max_loras: int = 4,
+    max_queue: int = 256,
+    enable_weight_reload: bool = False,
+    weights_root: str | None = None,
 ):
-    """Load ``model`` (unless ``loaded`` is given) and wrap it in a :class:`ServeApp`.
+    """Load ``model`` (unless ``loaded`` is given) and return the FastAPI app serving it.
 
     ``api_key_env`` names the environment variable holding the key clients must send; it must
     be set when given. ``device``: "auto" (CUDA when available), "cpu" or "cuda".
+    ``served_model_name``: the name clients use (default: ``model``, or the folder's name when
+    ``model`` is a path; the spec and the resolved folder are accepted as aliases but never
+    listed). ``enable_lora`` adds ``/v1/load_lora_adapter`` and ``/v1/unload_lora_adapter``;
+    ``lora_root`` confines their paths; ``max_loras`` caps the adapters loaded at once.
+    ``max_queue``: requests waiting for the model before the server answers 503.
+    ``enable_weight_reload`` adds ``/collective_rpc`` (``reload_weights`` only) and
+    ``/reset_prefix_cache`` for full-weight RL sync; ``weights_root`` confines their paths.
     """
-    from rmkit.serve.server import DEFAULT_MAX_REQUEST_BYTES, ServeApp
+    from rmkit.serve.app import create_app
+    from rmkit.serve.engine import ServeEngine
 
     api_key = None
     if api_key_env:
@@ -36,6 +59,11 @@ def build_app(
             )
     if max_request_bytes is not None and max_request_bytes < 1024:
         raise RmkitError(f"--max-request-bytes must be at least 1024 (got {max_request_bytes})")
+    if max_loras < 1:
+        raise RmkitError(f"--max-loras must be at least 1 (got {max_loras})")
+    for flag, folder in (("--lora-root", lora_root), ("--weights-root", weights_root)):
+        if folder is not None and not Path(folder).expanduser().is_dir():
+            raise RmkitError(f"{flag} '{folder}' is not a folder")
     from rmkit.generation.hf import place_model
 
     if loaded is None:
@@ -43,10 +71,32 @@ def build_app(
 
         loaded = load_model(model, dtype=dtype, adapter=adapter)
     place_model(loaded, device)
-    return ServeApp(
+    name, aliases = _served_names(model, served_model_name, loaded)
+    engine = ServeEngine(
         loaded,
-        model_name=model,
+        served_name=name,
+        aliases=aliases,
         batch_size=batch_size,
-        api_key=api_key,
-        max_request_bytes=max_request_bytes or DEFAULT_MAX_REQUEST_BYTES,
+        enable_lora=enable_lora,
+        lora_root=lora_root,
+        max_loras=max_loras,
+        max_queue=max_queue,
+        enable_weight_reload=enable_weight_reload,
+        weights_root=weights_root,
     )
+    app = create_app(engine, api_key=api_key, max_request_bytes=max_request_bytes)
+    app.state.auth = api_key is not None
+    return app
+
+
+def _served_names(model: str, served: str | None, loaded: Any) -> tuple[str, tuple[str, ...]]:
+    """(listed name, other accepted names): a path is never listed, only accepted."""
+    aliases = {model, str(loaded.path)}
+    if served:
+        name = served
+    elif Path(model).expanduser().exists():
+        name = Path(model).expanduser().resolve().name
+    else:
+        name = model
+    aliases.discard(name)
+    return name, tuple(sorted(aliases))

@@ -1,263 +1,227 @@
-"""``rmkit serve``: an OpenAI-compatible HTTP server for a local model (stdlib ``http.server``).
+"""Running ``rmkit serve``: uvicorn in a background thread (:class:`ModelServer`) and the
+blocking CLI loop (:func:`serve_forever`).
 
-Endpoints: ``GET /v1/models``, ``POST /v1/chat/completions`` and ``POST /v1/score`` (verdict
-probabilities from a judge, see :mod:`rmkit.serve.score`). Requests are read and answered by
-one thread each (``ThreadingHTTPServer``), but model work is serialised by a lock, so the model
-never runs two batches at once; the ``n`` samples of one request are generated as one batch.
+uvicorn runs with a listen backlog of 2048, a keep-alive timeout, a cap on open connections and
+a graceful shutdown. Its HTTP/1.1 protocol (h11) is extended by :class:`GuardedH11Protocol`:
 
-Safety: binds 127.0.0.1 unless told otherwise; an optional API key (``Authorization: Bearer``,
-compared in constant time; wrong or missing -> 401); bodies above ``max_request_bytes`` are
-refused with 413 before they are read. Each request is logged on stderr (client, method, path,
-status, seconds) - never headers or bodies, so never the key.
+- a connection must deliver a complete request head within ``header_timeout_s`` of opening (or
+  of its previous answer), and a request's body within ``body_timeout_s`` of its head; otherwise
+  it is closed. uvicorn alone never times out a connection that trickles bytes (slowloris);
+- connections beyond ``max_connections`` get an immediate JSON 503 and are closed;
+- a malformed request (bad ``Content-Length``, oversized header, ...) gets a JSON 400 instead of
+  uvicorn's plain-text one.
+
+The request handlers run on uvicorn's event loop; the model runs on the engine's worker thread.
 """
 
 from __future__ import annotations
 
-import hmac
-import json
+import ipaddress
 import logging
 import signal
-import tempfile
+import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
 from rmkit.errors import RmkitError
-from rmkit.serve import protocol as P
+from rmkit.serve.app import DEFAULT_MAX_REQUEST_BYTES  # noqa: F401  (re-exported)
+from rmkit.serve.protocol import error_body
+from rmkit.serve.responses import dumps
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_REQUEST_BYTES = 32 * 1024 * 1024
-DRAIN_CAP_BYTES = 256 * 1024 * 1024  # an oversize body up to this is read and dropped, not kept
+BACKLOG = 2048
 
 
-class ServeApp:
-    """The model, its backend and the request logic, independent of the HTTP transport."""
+def _raw_json(status: int, reason: str, body: dict, extra: str = "") -> bytes:
+    data = dumps(body)
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(data)}\r\nconnection: close\r\n{extra}\r\n"
+    )
+    return head.encode("latin-1") + data
 
-    def __init__(
-        self,
-        loaded: Any,
-        *,
-        model_name: str,
-        batch_size: int = 16,
-        api_key: str | None = None,
-        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
-        max_tokens_limit: int = 4096,
-    ):
-        from rmkit.generation.hf import HFBackend
 
-        self.loaded, self.model_name = loaded, model_name
-        self.backend = HFBackend(loaded, batch_size=batch_size)
-        self.api_key, self.max_request_bytes, self.max_tokens_limit = (
-            api_key,
-            max_request_bytes,
-            max_tokens_limit,
-        )
-        self.created = int(time.time())
-        self.names = [model_name] + ([str(loaded.path)] if str(loaded.path) != model_name else [])
-        self.lock = threading.Lock()
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with request deadlines, a connection cap and JSON errors."""
 
-    def authorised(self, header: str | None) -> bool:
-        if not self.api_key:
-            return True
-        given = header[7:] if header and header.startswith("Bearer ") else ""
-        return hmac.compare_digest(given.encode(), self.api_key.encode())
+    header_timeout_s = 30.0
+    body_timeout_s = 60.0
+    max_connections = 1024
 
-    def handle(self, method: str, path: str, body: dict | None) -> tuple[int, dict]:
-        """Answer one request; ``body`` is the parsed JSON of a POST. Returns (status, JSON)."""
-        route = path.split("?", 1)[0].rstrip("/")
-        if method == "GET" and route == "/v1/models":
-            return 200, P.models_list(self.names, self.created)
-        if method == "POST" and route in ("/v1/chat/completions", "/v1/score"):
-            if not isinstance(body, dict):
-                raise P.ApiError(400, "the request body must be a JSON object")
-            self._check_model(body)
-            with tempfile.TemporaryDirectory(prefix="rmkit-serve-") as tmp:
-                images = P.ImageStore(tmp)
-                return 200, (
-                    self._chat(body, images)
-                    if route.endswith("completions")
-                    else self._score(body, images)
-                )
-        if route in ("/v1/models", "/v1/chat/completions", "/v1/score"):
-            raise P.ApiError(405, f"method {method} not allowed on {route}")
-        raise P.ApiError(
-            404, f"no route {route}; rmkit serve offers /v1/models, /v1/chat/completions, /v1/score"
-        )
-
-    def _check_model(self, body: dict) -> None:
-        name = body.get("model")
-        if name is not None and name not in self.names:
-            raise P.ApiError(
-                404,
-                f"model '{name}' is not served here (serving '{self.model_name}')",
-                "model",
-                code="model_not_found",
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self._timer: Any = None
+        self._seen: Any = None
+        if len(self.connections) > self.max_connections:
+            body = error_body(
+                "too many open connections; retry shortly", "server_error", code="server_busy"
             )
-
-    def _chat(self, body: dict, images: P.ImageStore) -> dict:
-        conv = P.convert_messages(body.get("messages"), images)
-        params, top = P.parse_sampling(body, self.max_tokens_limit)
-        stats = self.backend.stats
-        with self.lock:
-            before = stats["prompt_tokens"], stats["sequences"]
-            samples = self.backend.generate_detailed([conv], params, top_logprobs=top)[0]
-            sequences = max(1, stats["sequences"] - before[1])  # the prompt was run this often
-            prompt_tokens = (stats["prompt_tokens"] - before[0]) // sequences
-        return P.chat_completion(self.model_name, samples, self.loaded.tokenizer, prompt_tokens)
-
-    def _score(self, body: dict, images: P.ImageStore) -> dict:
-        from rmkit.serve.score import score_record
-
-        req = P.parse_score_request(body, images)
-        with self.lock:
-            out = score_record(self.loaded, self.backend, **req)
-        out["model"] = self.model_name
-        return out
-
-
-class _Handler(BaseHTTPRequestHandler):
-    app: ServeApp
-    protocol_version = "HTTP/1.1"
-    server_version = "rmkit-serve"
-    disable_nagle_algorithm = True  # small keep-alive answers must not wait for delayed ACKs
-
-    def log_message(self, format: str, *args: Any) -> None:  # _serve logs each request
-        pass
-
-    def _reply(self, status: int, payload: dict) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _serve(self, method: str) -> None:
-        t0, status = time.monotonic(), 500
-        try:
-            status, payload = self._answer(method)
-        except P.ApiError as e:
-            status, payload = e.status, e.body()
-        except RmkitError as e:
-            status, payload = 400, P.ApiError(400, str(e)).body()
-        except Exception as e:  # a bug or a model failure: answer 500, keep serving
-            log.exception("request failed")
-            status, payload = (
-                500,
-                P.ApiError(500, f"internal error: {type(e).__name__}: {e}").body(),
-            )
-        try:
-            self._reply(status, payload)
-        except OSError:
-            self.close_connection = True
-        log.info(
-            '%s "%s %s" %d %.2fs',
-            self.client_address[0],
-            method,
-            self.path.split("?", 1)[0],
-            status,
-            time.monotonic() - t0,
-        )
-
-    def _answer(self, method: str) -> tuple[int, dict]:
-        if not self.app.authorised(self.headers.get("Authorization")):
-            self._drain()
-            raise P.ApiError(
-                401,
-                "invalid or missing API key (send Authorization: Bearer <key>)",
-                code="invalid_api_key",
-            )
-        body = None
-        if method == "POST":
-            length = self.headers.get("Content-Length")
-            if length is None or not length.isdigit():
-                self.close_connection = True
-                raise P.ApiError(411, "a Content-Length header is required")
-            if int(length) > self.app.max_request_bytes:
-                self._drain()  # discarded unread in chunks, so the client gets to read the 413
-                raise P.ApiError(
-                    413,
-                    f"request body of {length} bytes exceeds the limit of {self.app.max_request_bytes} bytes",
-                    code="request_too_large",
-                )
-            try:
-                body = json.loads(self.rfile.read(int(length)) or b"null")
-            except ValueError as e:
-                raise P.ApiError(400, f"the request body is not valid JSON ({e})") from None
-        return self.app.handle(method, self.path, body)
-
-    def _drain(self) -> None:
-        """Discard an unread body in chunks (never held in memory) so the client, still sending,
-        can read the error; a body above DRAIN_CAP_BYTES is not read and the connection closes."""
-        length = self.headers.get("Content-Length")
-        left = int(length) if length and length.isdigit() else 0
-        if left > DRAIN_CAP_BYTES:
-            self.close_connection = True
+            transport.write(_raw_json(503, "Service Unavailable", body, "retry-after: 1\r\n"))
+            transport.close()
             return
-        while left > 0:
-            chunk = self.rfile.read(min(left, 1 << 16))
-            if not chunk:
-                break
-            left -= len(chunk)
+        self._arm(self.header_timeout_s)
 
-    def do_GET(self) -> None:
-        self._serve("GET")
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.cycle is not None and self.cycle is not self._seen:  # a new request head
+            self._seen = self.cycle
+            self._arm(self.body_timeout_s)
 
-    def do_POST(self) -> None:
-        self._serve("POST")
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm(self.header_timeout_s)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if getattr(self, "_timer", None) is not None:
+            self._timer.cancel()
+        super().connection_lost(exc)
+
+    def _arm(self, seconds: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_later(seconds, self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        cycle = self.cycle
+        waiting_for_head = cycle is None or cycle.response_complete
+        if (waiting_for_head or cycle.more_body) and not self.transport.is_closing():
+            self.transport.close()  # a request still arriving (slowly) or an idle connection
+        elif not waiting_for_head:
+            self._arm(self.header_timeout_s)  # a request in progress: look again later
+
+    def send_400_response(self, msg: str) -> None:
+        body = error_body(f"malformed HTTP request: {msg}", code="bad_request")
+        if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            self.transport.write(_raw_json(400, "Bad Request", body))
+        self.transport.close()
 
 
 class ModelServer:
     """A running server: ``start()`` serves in a background thread, ``stop()`` ends it.
 
-    Use as a context manager in tests; :func:`serve_forever` wraps it for the CLI.
+    ``app`` is what :func:`rmkit.serve.build_app` returns. ``port=0`` picks a free port
+    (:attr:`url` shows the real one). Use as a context manager in tests; :func:`serve_forever`
+    wraps it for the CLI.
     """
 
-    def __init__(self, app: ServeApp, host: str = "127.0.0.1", port: int = 8000):
-        handler = type("Handler", (_Handler,), {"app": app})
+    def __init__(
+        self,
+        app: Any,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        *,
+        header_timeout_s: float = 30.0,
+        body_timeout_s: float = 60.0,
+        keep_alive_s: int = 10,
+        max_connections: int = 1024,
+        grace_s: float = 30.0,
+    ):
+        import uvicorn
+
+        self.app, self.host = app, host
+        self.model_name = app.state.engine.served_name
         try:
-            self.httpd = ThreadingHTTPServer((host, port), handler)
+            self.sock = _bind(host, port)
         except OSError as e:
             raise RmkitError(
                 f"cannot listen on {host}:{port} ({e.strerror or e})", hint="pick another --port"
             ) from None
-        self.httpd.daemon_threads = True
-        self.app = app
+        self.address = self.sock.getsockname()[:2]
+        protocol = type(
+            "Protocol",
+            (GuardedH11Protocol,),
+            {
+                "header_timeout_s": header_timeout_s,
+                "body_timeout_s": body_timeout_s,
+                "max_connections": max_connections,
+            },
+        )
+        config = uvicorn.Config(
+            app,
+            http=protocol,
+            lifespan="on",
+            log_config=None,
+            access_log=False,
+            proxy_headers=False,
+            server_header=False,
+            backlog=BACKLOG,
+            timeout_keep_alive=keep_alive_s,
+            timeout_graceful_shutdown=int(grace_s),
+        )
+        self.server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
+        if not _is_loopback(host) and not getattr(app.state, "auth", False):
+            log.warning(
+                "serving on %s without an API key: anyone who can reach this address can use "
+                "the model (set --api-key-env)",
+                host,
+            )
 
     @property
     def url(self) -> str:
-        host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}/v1"
+        host, port = self.address
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}/v1"
 
-    def start(self) -> ModelServer:
-        self._thread = threading.Thread(
-            target=self.httpd.serve_forever,
-            kwargs={"poll_interval": 0.1},
-            name="rmkit-serve",
-            daemon=True,
-        )
+    def start(self, timeout_s: float = 60.0) -> ModelServer:
+        self._thread = threading.Thread(target=self._run, name="rmkit-serve", daemon=True)
         self._thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RmkitError("the server did not start (see the log above)")
+            time.sleep(0.02)
         return self
 
-    def stop(self, grace_s: float = 30.0) -> None:
-        """Stop accepting requests, let a running generation finish (up to ``grace_s``), close."""
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    def _run(self) -> None:
+        try:
+            self.server.run(sockets=[self.sock])
+        except BaseException:  # noqa: BLE001 - uvicorn exits with SystemExit on startup errors
+            log.exception("the server stopped with an error")
+
+    def stop(self) -> None:
+        """Stop accepting requests, let the requests in progress finish (up to ``grace_s``),
+        stop the model worker, close."""
+        self.server.should_exit = True
         if self._thread is not None:
-            self._thread.join(timeout=5)
-        if self.app.lock.acquire(timeout=grace_s):  # wait for the batch in progress
-            self.app.lock.release()
+            self._thread.join()
+            self._thread = None
+        self.sock.close()
 
     def __enter__(self) -> ModelServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def serve_forever(server: ModelServer) -> None:
@@ -271,7 +235,7 @@ def serve_forever(server: ModelServer) -> None:
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         server.start()
-        log.info("serving %s at %s (Ctrl-C to stop)", server.app.model_name, server.url)
+        log.info("serving %s at %s (Ctrl-C to stop)", server.model_name, server.url)
         while not stop.wait(0.5):
             pass
     finally:
