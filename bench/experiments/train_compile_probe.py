@@ -1,6 +1,6 @@
 """Probe: does ``torch.compile`` (static KV cache) speed up rollout decoding on the CPU?
 
-SmolLM2-135M with LoRA r16 folded into a bf16 weight copy (what ``rl.rollout_dtype: bfloat16``
+SmolLM2-135M with LoRA r16 folded into a bf16 weight copy (what ``rl.rollout.dtype: bfloat16``
 does), one judge prompt x 8 sampled completions of exactly ``--new`` tokens (no early stop).
 Rows: HF ``generate`` as rmkit runs it (dynamic cache, eager); static cache, eager; static
 cache + inductor-compiled forward (first call includes compilation; later calls reuse it,

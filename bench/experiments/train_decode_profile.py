@@ -5,7 +5,7 @@ Measures, one idea at a time, in one process (compare ratios; the machine may be
 - **bare step**: one decode forward of a batch of 8 with a KV cache of ``--context`` tokens
   (the rollout's prompt + half its completions), for weights fp32 / bf16 / fp32 under bf16
   autocast, SDPA vs eager attention, dynamic vs static KV cache, 1 vs 2 torch threads, and
-  with LoRA layers vs folded in (what ``rl.merge_lora_for_rollout`` does);
+  with LoRA layers vs folded in (what ``rl.rollout.merge_lora`` does);
 - **generate loop**: ``model.generate`` per-step time (sampling, 8 x ``--new`` tokens, no early
   stop) with rmkit's HFBackend settings vs a bare ``generate`` vs a hand-written loop that only
   runs forward + sampling, i.e. the per-step Python overhead of ``generate`` itself;

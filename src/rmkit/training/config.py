@@ -21,6 +21,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from rmkit.config.validate import StrictModel
+from rmkit.generation.launch import LaunchConfig
 from rmkit.models.lora import LoraSettings
 from rmkit.rewards.compose import RewardSpec
 
@@ -97,6 +98,78 @@ class KLSection(StrictModel):
     coef: float | None = Field(None, ge=0)
 
 
+class RolloutServerSection(StrictModel):
+    """The inference server of ``rl.rollout.engine: server``: one running at ``base_url``, or
+    one rmkit starts for the run (``launch``)."""
+
+    base_url: str | None = Field(None, description="a running server, e.g. http://host:8000/v1")
+    api_model: str | None = Field(None, description="the base model's served name (default: ask)")
+    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable with the key")
+    concurrency: int = Field(8, ge=1, description="requests in flight (one per prompt)")
+    max_retries: int = Field(3, ge=0, description="retries per request before the run stops")
+    timeout: float = Field(600.0, gt=0, description="seconds to wait for one answer")
+    launch: LaunchConfig | None = Field(None, description="start a server for the run")
+
+    @model_validator(mode="after")
+    def _one_server(self) -> RolloutServerSection:
+        if bool(self.base_url) == (self.launch is not None):
+            raise ValueError(
+                "give rl.rollout.server.base_url (a running server) or rl.rollout.server.launch "
+                "(a server rmkit starts), exactly one"
+            )
+        return self
+
+
+class RolloutSection(StrictModel):
+    """Where rollouts are generated (:mod:`rmkit.training.engines`)."""
+
+    engine: Literal["local", "server"] = Field("local", description="local or server")
+    batch_size: int | None = Field(
+        None, gt=0, description="local: sequences per generate call (default: all of the step)"
+    )
+    decoder: Literal["auto", "generate"] = Field(
+        "auto",
+        description="local: auto (shared-prompt decoder for Llama/Qwen2 text models) or generate",
+    )
+    dtype: Literal["float32", "bfloat16"] | None = Field(
+        None, description="local: bfloat16 generates with a bf16 copy of the weights"
+    )
+    merge_lora: bool = Field(
+        True, description="local: generate with LoRA folded into the weights (restored after)"
+    )
+    server: RolloutServerSection | None = None
+    sync_every: int = Field(1, ge=1, description="server: steps between adapter syncs")
+    keep_adapters: int = Field(2, ge=1, description="server: adapter versions kept loaded")
+    sync_dir: str | None = Field(
+        None, description="server: folder the server reads synced weights from (default: in output)"
+    )
+    check_prompt_ids: bool = Field(
+        True, description="server: stop when its prompt tokens differ from the trainer's"
+    )
+    ready_timeout_s: float = Field(
+        60.0, gt=0, description="server at base_url: seconds to wait until it answers"
+    )
+
+    @model_validator(mode="after")
+    def _engine_fits(self) -> RolloutSection:
+        if self.engine == "server" and self.server is None:
+            raise ValueError(
+                "rl.rollout.engine: server needs rl.rollout.server with base_url (a running "
+                "OpenAI-compatible server with vLLM's extensions) or launch: {kind: vllm|rmkit}"
+            )
+        if self.engine == "local" and self.server is not None:
+            raise ValueError("rl.rollout.server is set but rl.rollout.engine is local")
+        return self
+
+
+_MOVED_ROLLOUT_KEYS = {
+    "rollout_batch_size": "rl.rollout.batch_size",
+    "rollout_decoder": "rl.rollout.decoder",
+    "rollout_dtype": "rl.rollout.dtype",
+    "merge_lora_for_rollout": "rl.rollout.merge_lora",
+}
+
+
 class RLSection(StrictModel):
     algorithm: Literal["grpo", "dr_grpo", "reinforce_pp", "stable_reinforce"] = "grpo"
     temperature: float = Field(1.0, ge=0, description="0: greedy (log-probs at temperature 1)")
@@ -114,20 +187,16 @@ class RLSection(StrictModel):
     shared_prompts: bool = Field(
         True, description="run each prompt once per micro-batch in log-prob passes (text models)"
     )
-    merge_lora_for_rollout: bool = Field(
-        True, description="generate with LoRA folded into the weights (restored exactly after)"
-    )
-    rollout_dtype: Literal["float32", "bfloat16"] | None = Field(
-        None,
-        description="bfloat16: generate with a bf16 copy of the weights (default: the model's dtype)",
-    )
-    rollout_batch_size: int | None = Field(
-        None, gt=0, description="sequences per generate call (default: all of the step)"
-    )
-    rollout_decoder: Literal["auto", "generate"] = Field(
-        "auto",
-        description="auto: shared-prompt decoder for Llama/Qwen2 text models; generate: HF generate",
-    )
+    rollout: RolloutSection = Field(default_factory=RolloutSection)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for old, new in _MOVED_ROLLOUT_KEYS.items():
+                if old in data:
+                    raise ValueError(f"rl.{old} is now {new} (rollout settings moved)")
+        return data
 
     def resolve(self) -> RLSection:
         """Fill unset knobs from the algorithm's defaults and check they fit together."""

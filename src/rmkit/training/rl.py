@@ -44,6 +44,9 @@ from rmkit.training.engine import (
 
 log = logging.getLogger(__name__)
 
+# Rollout timings an engine may report (seconds; the step's slowest process is logged).
+ROLLOUT_TIMES = ("prefill_s", "decode_s", "sync_s", "server_gen_s")
+
 
 def effective_algorithm(rl):
     """The ALGORITHMS entry with the recipe's (already resolved) knobs applied."""
@@ -70,9 +73,13 @@ def rl_step(run: Run) -> tuple[dict[str, float], dict[str, Any]]:
 
     cfg, rl, accel, timer = run.cfg, run.cfg.rl, run.accel, StepTimer()
     algo = run.algorithm
-    # 1. rollout
+    # 1. rollout (a server engine first syncs the adapter when due)
+    sync = run.engine.prepare(run)
+    if sync:
+        timer.mark("sync")
     epoch, batch = run.order.next_batch()
     ro = make_rollout(run, [run.records[i] for i in shard(batch, run.rank, run.world)], epoch)
+    ro.stats.update(sync)
     timer.mark("rollout")
     # 2. rewards
     totals, rewards, samples = score(run, ro)
@@ -105,10 +112,12 @@ def rl_step(run: Run) -> tuple[dict[str, float], dict[str, Any]]:
     scale = run.world / max(global_units, 1.0)
     acc = _Acc()
     acc.lr = run.scheduler.get_last_lr()[0]
-    for _ in range(rl.updates_per_batch):
+    for update in range(rl.updates_per_batch):
         for k, mb in enumerate(mbs):
             with accumulate(run, last=k == len(mbs) - 1):
                 logp = completion_logprobs(run.model, mb, temp, share and run.world == 1)
+                if update == 0 and temp == 1.0:
+                    acc.behaviour_gap(mb, logp, ro.completions)
                 old_k = old[k] if old is not None else logp.detach()
                 tok_loss, st = policy_loss(
                     logp, old_k, adv[k], mb.mask, algo.clip_low, algo.clip_high,
@@ -193,6 +202,23 @@ class _Acc:
         self.ratio_max = self.lr = 0.0
         self.updates_loss: list[float] = []
         self.grad_norms: list[float] = []
+        self.gap_sum = self.gap_max = self.gap_tokens = 0.0
+
+    def behaviour_gap(self, mb, logp, completions) -> None:
+        """|trainer log-prob - behaviour log-prob| of the completion tokens, for completions
+        whose engine reported behaviour log-probs (a server engine)."""
+        import torch
+
+        rows = completions[mb.rows]
+        if not rows or any(c.token_logprobs is None for c in rows):
+            return
+        beh = torch.zeros_like(logp, dtype=torch.float32)
+        for i, c in enumerate(rows):
+            beh[i, : len(c.token_logprobs)] = torch.tensor(c.token_logprobs)
+        gap = (logp.detach().float() - beh).abs() * mb.mask
+        self.gap_sum += float(gap.sum())
+        self.gap_max = max(self.gap_max, float(gap.max()))
+        self.gap_tokens += float(mb.mask.sum())
 
     def add(self, mb, loss: float, st: dict, logp, ref) -> None:
         n = float(mb.n_tokens)
@@ -224,11 +250,10 @@ def _step_metrics(
     lengths = [len(c.token_ids) for c in ro.completions]
     cut = sum(1 for c in ro.completions if c.finish_reason == "length")
     local += [acc.loss, acc.tokens, acc.clip, acc.preclip, acc.kl, float(sum(lengths)), float(cut)]
-    local += [float(seq_tokens)]
+    local += [float(seq_tokens), acc.gap_sum, acc.gap_tokens]
     s = all_sum(accel, local)
-    ratio_max, prefill_s, decode_s = all_max(
-        accel, [acc.ratio_max, ro.stats["prefill_s"], ro.stats["decode_s"]]
-    )
+    timing = [ro.stats.get(k, 0.0) for k in ROLLOUT_TIMES]
+    ratio_max, gap_max, *timing = all_max(accel, [acc.ratio_max, acc.gap_max, *timing])
     n = s[1]
     m: dict[str, float] = {"loss": s[2 + 2 * len(keys)] / cfg.rl.updates_per_batch}
     m["reward/total"] = s[0] / n
@@ -250,7 +275,15 @@ def _step_metrics(
     elapsed = timer.total()
     m["tokens_per_s"] = s[base + 7] / elapsed
     m["rollout/tokens_per_s"] = s[base + 5] / max(timer.times["step_time/rollout"], 1e-9)
-    m["rollout/prefill_s"], m["rollout/decode_s"] = prefill_s, decode_s
+    for key, value in zip(ROLLOUT_TIMES, timing, strict=True):
+        if key in ro.stats:
+            m[f"rollout/{key}"] = value
+    for key in ("policy_version", "staleness"):
+        if key in ro.stats:
+            m[f"rollout/{key}"] = ro.stats[key]
+    if s[base + 9] > 0:
+        m["rollout/logprob_gap_mean"] = s[base + 8] / s[base + 9]
+        m["rollout/logprob_gap_max"] = gap_max
     m.update(timer.times)
     m["step_time/total"] = elapsed
     return m
@@ -258,50 +291,58 @@ def _step_metrics(
 
 def prepare_rl(cfg, resume: bool = False) -> Run:
     """Everything an RL run needs before its first step (see :func:`run_rl`)."""
-    from rmkit.generation.hf import HFBackend
     from rmkit.prompts import get_template
     from rmkit.rewards import compose
+    from rmkit.training.engines import make_engine
     from rmkit.training.evaluate import setup_eval
     from rmkit.training.rollout import suppress_media_tokens
 
     run = setup_run(cfg, resume, prompt_filter(cfg))
-    suppress_media_tokens(run.loaded)
-    per_rank = cfg.sequences_per_device
+    run.extras["media_ids"] = suppress_media_tokens(run.loaded)
     run.extras.update(
         algorithm=effective_algorithm(cfg.rl),
         template=get_template(cfg.data.template),
-        reward_fn=compose(cfg.rewards.components, cfg.rewards.combiner, base_dir=cfg.base_dir),
-        backend=HFBackend(
-            run.loaded,
-            batch_size=cfg.rl.rollout_batch_size or per_rank,
-            decoder=cfg.rl.rollout_decoder,
-        ),
         # Shared prompt passes need a KV cache: text models without gradient checkpointing.
         share_prompts=cfg.rl.shared_prompts
         and not run.loaded.is_vision
         and not cfg.weights.gradient_checkpointing,
     )
-    setup_eval(run)
+    run.extras["reward_fn"] = compose(
+        cfg.rewards.components, cfg.rewards.combiner, base_dir=cfg.base_dir
+    )
+    try:
+        run.extras["engine"] = make_engine(run)
+        setup_eval(run)
+    except BaseException:
+        run.reward_fn.close()
+        raise
     run.model.train()
     return run
 
 
 def run_rl(cfg, resume: bool = False) -> dict[str, Any]:
-    """Train ``cfg`` (stage rl) to ``cfg.output``; returns a summary of the run."""
+    """Train ``cfg`` (stage rl) to ``cfg.output``; returns a summary of the run.
+
+    The rollout engine (and a server it launched) is closed whatever happens: at the end, on
+    an error, on Ctrl-C and on SIGTERM.
+    """
+    from rmkit.generation.launch import terminate_on_sigterm
     from rmkit.utils.console import Progress
 
-    run = prepare_rl(cfg, resume)
-    try:
-        with Progress(f"rl ({cfg.rl.algorithm})", total=run.total_steps, unit="steps") as bar:
-            if run.step:
-                bar.update(run.step)
-            while run.step < run.total_steps:
-                metrics, fields = rl_step(run)
-                run.step += 1
-                after_step(run, metrics, bar, fields)
-    finally:
-        run.reward_fn.close()
-    return finish(run)
+    with terminate_on_sigterm():
+        run = prepare_rl(cfg, resume)
+        try:
+            with Progress(f"rl ({cfg.rl.algorithm})", total=run.total_steps, unit="steps") as bar:
+                if run.step:
+                    bar.update(run.step)
+                while run.step < run.total_steps:
+                    metrics, fields = rl_step(run)
+                    run.step += 1
+                    after_step(run, metrics, bar, fields)
+        finally:
+            run.reward_fn.close()
+            run.engine.close()
+        return finish(run)
 
 
 def prompt_filter(cfg):

@@ -42,7 +42,8 @@ def rollout_seed(seed: int, step: int, rank: int) -> int:
 
 
 def make_rollout(run, records: list[dict], epoch: int) -> Rollout:
-    """Render and generate ``cfg.batch.completions_per_prompt`` completions per record."""
+    """Render and generate ``cfg.batch.completions_per_prompt`` completions per record with
+    the run's rollout engine (:mod:`rmkit.training.engines`)."""
     from rmkit.generation.base import SamplingParams
     from rmkit.prompts import render_judge_messages
     from rmkit.training.data import judge_order
@@ -61,25 +62,13 @@ def make_rollout(run, records: list[dict], epoch: int) -> Rollout:
         max_new_tokens=cfg.rl.max_new_tokens,
         seed=rollout_seed(cfg.seed, run.step, run.rank),
     )
-    model = run.unwrapped
-    was_training = model.training
-    model.eval()
-    before = dict(run.backend.stats)
-    from rmkit.training.model import merged_lora
-
-    merge = cfg.rl.merge_lora_for_rollout and cfg.weights.mode == "lora"
-    try:
-        with merged_lora(model, merge, rollout_dtype(cfg.rl.rollout_dtype, model)):
-            per_prompt = run.backend.generate(convs, params)
-    finally:
-        model.train(was_training)
+    per_prompt, stats = run.engine.generate(run, convs, params)
     completions = [c for row in per_prompt for c in row]
     for c in completions:
         if not c.token_ids:
             from rmkit.errors import RmkitError
 
             raise RmkitError("the generation backend returned a completion without token ids")
-    stats = {k: run.backend.stats[k] - before.get(k, 0) for k in ("prefill_s", "decode_s")}
     stats["generated_tokens"] = sum(len(c.token_ids) for c in completions)
     return Rollout(records, orders, convs, completions, group, stats)
 
@@ -141,7 +130,9 @@ def sample_rows(step: int, ro: Rollout, batch, samples: list) -> list[dict[str, 
             "choice": s.verdict.choice,
             "completion": comp.text,
             "n_tokens": len(comp.token_ids),
+            "token_ids": list(comp.token_ids),
             "finish_reason": comp.finish_reason,
+            "policy_version": comp.policy_version,
             "reward": batch.total[i],
             "components": {k: v[i] for k, v in batch.components.items()},
         }

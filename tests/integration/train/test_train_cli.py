@@ -66,7 +66,7 @@ def test_rl_three_steps(tmp_path, tiny_text_model, algorithm):
 def test_rl_with_bf16_rollouts_trains_fp32_weights(tmp_path, tiny_text_model):
     recipe = TINY / "grpo.yaml"
     before = initial_trainable(recipe)
-    out = train(recipe, tmp_path / "run", DENSE_REWARD, "rl.rollout_dtype=bfloat16")
+    out = train(recipe, tmp_path / "run", DENSE_REWARD, "rl.rollout.dtype=bfloat16")
     rows = metrics(out)
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert all(math.isfinite(r["loss"]) and r["response/length"] >= 1 for r in rows)
