@@ -253,17 +253,29 @@ def caption_cmd(
     keep_text: bool = typer.Option(False, "--keep-text", help="Also copy records without images."),
 ) -> None:
     """Caption every image of a built dataset; write caption-substituted copies of its records."""
+    from rmkit.config import validate_config
     from rmkit.data.caption import CaptionSettings, caption_dataset
     from rmkit.errors import ConfigError
-    from rmkit.generation import make_backend
+    from rmkit.generation.config import BackendConfig
 
-    if bool(model) == bool(base_url):
+    if not model and not base_url:
         raise ConfigError(
             "give exactly one of --model (local) or --base-url (API)",
             hint="e.g. --model tiny-qwen2.5-vl, or --base-url URL --api-model NAME",
         )
-    if adapter and not model:
-        raise ConfigError("--adapter needs --model (the base model it applies to)")
+    given = {
+        "model": model, "adapter": adapter, "dtype": dtype, "batch_size": batch_size,
+        "device": device, "base_url": base_url, "api_model": api_model,
+        "api_key_env": api_key_env, "concurrency": concurrency, "max_retries": max_retries,
+        "timeout": timeout,
+    }  # fmt: skip
+    try:
+        captioner = validate_config(
+            BackendConfig, {k: v for k, v in given.items() if v is not None}, "options"
+        )
+    except ConfigError as e:
+        e.hint = e.hint or "each key is the option of that name (base_url is --base-url)"
+        raise
     if prompt_file is not None:
         if not prompt_file.is_file():
             raise ConfigError(f"prompt file not found: {prompt_file}")
@@ -276,24 +288,9 @@ def caption_cmd(
     )
     if prompt:
         settings.prompt = prompt
-    if base_url:
-        if not api_model:
-            raise ConfigError("--base-url needs --api-model", hint="the server's model name")
-        backend = make_backend(
-            base_url=base_url,
-            api_model=api_model,
-            api_key_env=api_key_env,
-            concurrency=concurrency,
-            max_retries=max_retries,
-            timeout=timeout,
-        )
-        model_id, settings.chunk_size = f"api:{api_model}", chunk_size or 4 * concurrency
-    else:
-        backend = make_backend(
-            model, adapter=adapter, dtype=dtype, batch_size=batch_size, device=device
-        )
-        model_id = f"local:{model}" + (f"+{adapter}" if adapter else "")
-        settings.chunk_size = chunk_size or batch_size
+    model_id = ("api:" if captioner.is_api else "local:") + captioner.name
+    settings.chunk_size = chunk_size or (4 * concurrency if captioner.is_api else batch_size)
+    backend = captioner.build()
     try:
         manifest = caption_dataset(dataset, output, backend, model_id, settings, cache)
     finally:

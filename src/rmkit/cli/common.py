@@ -38,9 +38,10 @@ _OPTIONS: dict[str, tuple[tuple[str, ...], str | None]] = {
     "image_root": (("--image-root",), None),
 }
 
-# Fields of a generation backend's config section (eval's ``judge``, distill's ``teacher``):
-# a local model's, then an API's; and of ``sampling``. Commands expose them as options of the
-# same name.
+# Fields of a generation backend's config section (rmkit.generation.config.BackendConfig: eval's
+# ``judge``, distill's ``teacher``) that commands expose as options of the same name: a local
+# model's, then an API's; and of ``sampling``. Kept as names here so ``rmkit --help`` imports no
+# pydantic; a unit test checks they are BackendConfig fields.
 LOCAL_FIELDS = ("model", "adapter", "dtype", "batch_size")
 API_FIELDS = ("base_url", "api_model", "api_key_env", "concurrency")
 SAMPLING_FIELDS = ("temperature", "top_p", "max_new_tokens")

@@ -22,53 +22,10 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from rmkit.config.validate import StrictModel
+from rmkit.config.validate import StrictModel, field_rule
+from rmkit.generation.config import BackendConfig
 
 MODES = ("teacher", "rejection-sampling", "cmkd")
-
-
-class GeneratorConfig(StrictModel):
-    """Who writes the traces: a local model (``model``) or an OpenAI-compatible API (``base_url``)."""
-
-    model: str | None = Field(None, description="local folder, built-in short name or hub id")
-    adapter: str | None = Field(None, description="PEFT adapter folder applied to `model`")
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    quantization: Literal["nf4"] | None = None
-    batch_size: int = Field(16, ge=1, description="local: sequences per generate batch")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    base_url: str | None = Field(
-        None, description="OpenAI-compatible endpoint, e.g. http://host/v1"
-    )
-    api_model: str | None = Field(None, description="model name sent to the endpoint")
-    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable with the key")
-    concurrency: int = Field(8, ge=1, description="API requests in flight at once")
-    max_retries: int = Field(8, ge=0, description="retries per request (429, 5xx, timeouts, ...)")
-    timeout: float = Field(120.0, gt=0, description="seconds to wait for one answer")
-    backoff_base: float = Field(0.5, gt=0, description="first backoff ceiling in seconds")
-    max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
-
-    @model_validator(mode="after")
-    def _one_source(self) -> GeneratorConfig:
-        if self.model and self.base_url:
-            raise ValueError("give either model (local) or base_url (API), not both")
-        if self.base_url and not self.api_model:
-            raise ValueError("base_url needs api_model (the model name the server serves)")
-        if self.adapter and not self.model:
-            raise ValueError("adapter needs model (the base model it applies to)")
-        return self
-
-    @property
-    def is_api(self) -> bool:
-        return bool(self.base_url)
-
-    @property
-    def name(self) -> str:
-        """How the generator is named in trace records and reports (never holds a key)."""
-        if self.base_url:
-            return str(self.api_model)
-        if self.model:
-            return self.model + (f"+{self.adapter}" if self.adapter else "")
-        return "<none>"
 
 
 class SamplingConfig(StrictModel):
@@ -95,14 +52,16 @@ class SamplingConfig(StrictModel):
 class ConsistencyConfig(StrictModel):
     """Optional filter: a judge checks that the answer agrees with the end of the reasoning."""
 
-    judge: GeneratorConfig
+    judge: BackendConfig = Field(description="a local model or an API (generation backend keys)")
     last_lines: int = Field(3, ge=1, description="reasoning lines the judge reads")
     max_chars: int = Field(1500, ge=100)
 
     @model_validator(mode="after")
     def _has_judge(self) -> ConsistencyConfig:
-        if not self.judge.model and not self.judge.base_url:
-            raise ValueError("consistency.judge needs model or base_url + api_model")
+        if not self.judge.configured:
+            raise field_rule(
+                "{judge} needs model (a local model) or base_url + api_model (an API)", "judge"
+            )
         return self
 
 
@@ -153,7 +112,10 @@ class DistillConfig(StrictModel):
     output: str = Field(description="output folder (traces, rejects, summary, state, cache)")
     image_root: str | None = Field(None, description="default: the input file's folder")
     template: str = Field("default", description="judge template name or file")
-    teacher: GeneratorConfig = Field(default_factory=GeneratorConfig)
+    teacher: BackendConfig = Field(
+        default_factory=BackendConfig,
+        description="who writes the traces: a local model or an API (generation backend keys)",
+    )
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     filters: FilterConfig = Field(default_factory=FilterConfig)
     pricing: PricingConfig = Field(default_factory=PricingConfig)
@@ -178,7 +140,7 @@ class DistillConfig(StrictModel):
 
     @model_validator(mode="after")
     def _complete(self) -> DistillConfig:
-        if not self.teacher.model and not self.teacher.base_url:
+        if not self.teacher.configured:
             raise ValueError(
                 "no teacher: set teacher.base_url + teacher.api_model (an API) or teacher.model "
                 "(a local model)"
@@ -199,12 +161,12 @@ class DistillConfig(StrictModel):
         if isinstance(out.get("template"), str) and (base / out["template"]).is_file():
             out["template"] = str((base / out["template"]).resolve())
         if isinstance(out.get("teacher"), dict):
-            out["teacher"] = _resolve_generator(out["teacher"], base)
+            out["teacher"] = BackendConfig.resolve_paths(out["teacher"], base)
         filters = out.get("filters")
         if isinstance(filters, dict) and isinstance(filters.get("consistency"), dict):
             cons = dict(filters["consistency"])
             if isinstance(cons.get("judge"), dict):
-                cons["judge"] = _resolve_generator(cons["judge"], base)
+                cons["judge"] = BackendConfig.resolve_paths(cons["judge"], base)
             out["filters"] = {**filters, "consistency": cons}
         cmkd = out.get("cmkd")
         if isinstance(cmkd, dict):
@@ -217,17 +179,3 @@ class DistillConfig(StrictModel):
                 cmkd["image_template"] = str((base / tpl).resolve())
             out["cmkd"] = cmkd
         return out
-
-
-def _resolve_generator(gen: dict[str, Any], base: Path) -> dict[str, Any]:
-    """A generator section's local paths made relative to the recipe folder ``base``: the
-    adapter always, the model when it exists there or is written as a relative path (``./``,
-    ``../``); built-in names and hub ids stay as they are."""
-    gen = dict(gen)
-    if isinstance(gen.get("adapter"), str) and not Path(gen["adapter"]).is_absolute():
-        gen["adapter"] = str((base / gen["adapter"]).resolve())
-    model = gen.get("model")
-    local = isinstance(model, str) and not Path(model).is_absolute()
-    if local and (model.startswith(("./", "../")) or (base / model).is_dir()):
-        gen["model"] = str((base / model).resolve())
-    return gen

@@ -285,13 +285,17 @@ class Distiller:
 
     def backend(self) -> Any:
         if self._backend is None:
-            self._backend = make_generator(self.cfg.teacher, self.state.cache_dir)
+            self._backend = make_generator(
+                self.cfg.teacher, self.state.cache_dir, self.out / "server.log"
+            )
         return self._backend
 
     def judge_backend(self) -> Any:
         if self._judge is None:
             judge = self.cfg.filters.consistency.judge  # type: ignore[union-attr]
-            self._judge = make_generator(judge, self.state.cache_dir / "consistency")
+            self._judge = make_generator(
+                judge, self.state.cache_dir / "consistency", self.out / "judge-server.log"
+            )
         return self._judge
 
     def close(self) -> None:

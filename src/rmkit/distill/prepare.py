@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from rmkit.distill import select as S
-from rmkit.distill.config import DistillConfig, GeneratorConfig
+from rmkit.distill.config import DistillConfig
 from rmkit.distill.inputs import (
     input_file,
     is_unlabelled,
@@ -17,6 +17,7 @@ from rmkit.distill.inputs import (
 )
 from rmkit.distill.outputs import Item
 from rmkit.errors import ConfigError, RmkitError
+from rmkit.generation.config import BackendConfig
 from rmkit.prompts import JudgeTemplate
 
 
@@ -40,31 +41,12 @@ def fingerprint(cfg: DistillConfig) -> dict[str, Any]:
     }
 
 
-def make_generator(gen: GeneratorConfig, cache_dir: Path | None) -> Any:
-    """A generation backend for ``gen`` (API backends cache every answer in ``cache_dir``)."""
-    from rmkit.generation import make_backend
-
-    if gen.is_api:
-        return make_backend(
-            base_url=gen.base_url,
-            api_model=gen.api_model,
-            api_key_env=gen.api_key_env,
-            concurrency=gen.concurrency,
-            max_retries=gen.max_retries,
-            timeout=gen.timeout,
-            backoff_base=gen.backoff_base,
-            max_tokens_field=gen.max_tokens_field,
-            cache_dir=cache_dir,
-            on_error="raise",
-        )
-    return make_backend(
-        gen.model,
-        adapter=gen.adapter,
-        dtype=gen.dtype,
-        quantization=gen.quantization,
-        batch_size=gen.batch_size,
-        device=gen.device,
-    )
+def make_generator(
+    gen: BackendConfig, cache_dir: Path | None, server_log: Path | None = None
+) -> Any:
+    """A generation backend for ``gen`` (API backends cache every answer in ``cache_dir``; a
+    server launched for it logs to ``server_log``)."""
+    return gen.build(cache_dir=cache_dir, on_error="raise", server_log=server_log)
 
 
 def check_templates(tpl: JudgeTemplate, image_tpl: JudgeTemplate | None) -> None:

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from rmkit.config.validate import StrictModel
+from rmkit.generation.config import BackendConfig
 
 BENCHMARK_NAMES = (
     "vl-rewardbench",
@@ -27,43 +28,11 @@ BENCHMARK_NAMES = (
 ORDER_MODES = ("random", "both", "native")
 
 
-class JudgeConfig(StrictModel):
-    """The judge: a local model (``model``) or an OpenAI-compatible endpoint (``base_url``)."""
+class JudgeConfig(BackendConfig):
+    """The judge: a local model (``model``) or an OpenAI-compatible endpoint (``base_url``); the
+    keys are :class:`~rmkit.generation.config.BackendConfig`'s, with a smaller local batch."""
 
-    model: str | None = Field(None, description="local folder, built-in short name or hub id")
-    adapter: str | None = Field(None, description="PEFT adapter folder applied to `model`")
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    quantization: Literal["nf4"] | None = None
-    batch_size: int = Field(8, ge=1, description="conversations per local generate() call")
-    base_url: str | None = Field(
-        None, description="OpenAI-compatible endpoint, e.g. http://host:8000/v1"
-    )
-    api_model: str | None = Field(None, description="model name sent to the endpoint")
-    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the key")
-    concurrency: int = Field(8, ge=1, description="requests in flight at once")
-    max_retries: int = Field(8, ge=0)
-    timeout: float = Field(120.0, gt=0)
-
-    @model_validator(mode="after")
-    def _one_judge(self) -> JudgeConfig:
-        if self.model and self.base_url:
-            raise ValueError("give either judge.model (local) or judge.base_url (API), not both")
-        if self.base_url and not self.api_model:
-            raise ValueError(
-                "judge.base_url needs judge.api_model (the model name the server serves)"
-            )
-        if self.adapter and not self.model:
-            raise ValueError("judge.adapter needs judge.model (the base model it applies to)")
-        return self
-
-    @property
-    def name(self) -> str:
-        """A short description of the judge for reports."""
-        if self.base_url:
-            return f"{self.api_model} @ {self.base_url}"
-        if self.model:
-            return self.model + (f" + {self.adapter}" if self.adapter else "")
-        return "<none>"
+    batch_size: int = Field(8, ge=1, description="local: conversations per generate call")
 
 
 class SamplingConfig(StrictModel):
@@ -137,12 +106,12 @@ class EvalConfig(StrictModel):
 
     @model_validator(mode="after")
     def _needs_judge(self) -> EvalConfig:
-        if not self.judge.model and not self.judge.base_url:
+        if not self.judge.configured:
             raise ValueError(
                 "no judge: set judge.model (a local model) or judge.base_url + judge.api_model (an API)"
             )
         if self.method == "likelihood":
-            if self.judge.base_url:
+            if self.judge.is_api:
                 raise ValueError(
                     "method 'likelihood' reads answer probabilities from a local judge.model; "
                     "an API judge needs method: generate"
@@ -168,6 +137,8 @@ class EvalConfig(StrictModel):
         if isinstance(out.get("template"), str) and (base / out["template"]).is_file():
             out["template"] = str(base / out["template"])
         judge = out.get("judge")
+        # Not BackendConfig.resolve_paths: eval keeps its paths unresolved (base / path), and a
+        # resumed run compares judge.model / judge.adapter with the saved config.
         if isinstance(judge, dict):
             judge = dict(judge)
             if isinstance(judge.get("adapter"), str) and not Path(judge["adapter"]).is_absolute():

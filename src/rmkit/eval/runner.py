@@ -154,26 +154,9 @@ def prediction_line(
 
 
 def build_backend(cfg: EvalConfig, out: Path) -> Any:
-    """The judge backend the config names (local HF model or OpenAI-compatible API)."""
-    from rmkit.generation import make_backend
-
-    j = cfg.judge
-    if j.base_url:
-        return make_backend(
-            base_url=j.base_url,
-            api_model=j.api_model,
-            api_key_env=j.api_key_env,
-            concurrency=j.concurrency,
-            max_retries=j.max_retries,
-            timeout=j.timeout,
-            cache_dir=str(out / CACHE_DIR / "api"),
-        )
-    kw: dict[str, Any] = {"dtype": j.dtype, "batch_size": j.batch_size}
-    if j.adapter:
-        kw["adapter"] = j.adapter
-    if j.quantization:
-        kw["quantization"] = j.quantization
-    return make_backend(model=j.model, **kw)
+    """The judge backend the config names (local HF model or OpenAI-compatible API, whose
+    answers are cached in the output folder)."""
+    return cfg.judge.build(cache_dir=str(out / CACHE_DIR / "api"), server_log=out / "server.log")
 
 
 def _check_template(cfg: EvalConfig, items: list[EvalItem]) -> Any:
@@ -240,7 +223,7 @@ def judge_requests(
     one flushed prediction line per pending sample as soon as its chunk returns."""
     from rmkit.utils.console import Progress
 
-    chunk = cfg.judge.concurrency * 4 if cfg.judge.base_url else cfg.judge.batch_size
+    chunk = cfg.judge.concurrency * 4 if cfg.judge.is_api else cfg.judge.batch_size
     total = sum(len(r.pending) for r in requests)
     n_bad = 0
     with Progress("eval", total=total, unit="samples") as bar:

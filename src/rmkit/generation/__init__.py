@@ -3,6 +3,8 @@
 ``make_backend`` picks one: with ``base_url`` an :class:`~rmkit.generation.openai_api.OpenAIBackend`
 for that server, otherwise a local :class:`~rmkit.generation.hf.HFBackend` for ``model`` (a short
 name, a folder, a hub id, or an already loaded model). Heavy modules load only when used.
+Config sections describe a backend with :class:`rmkit.generation.config.BackendConfig`, whose
+``build()`` calls ``make_backend`` with the fields that apply.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from rmkit.generation.base import Backend, Completion, SamplingParams
 __all__ = ["Backend", "Completion", "SamplingParams", "make_backend"]
 
 _LOAD_KEYS = ("dtype", "quantization", "adapter", "trust_remote_code", "min_pixels", "max_pixels")
-_HF_KEYS = ("batch_size", "device")
+_HF_KEYS = ("batch_size", "device", "decoder")
 _API_KEYS = (
     "api_key_env",
     "concurrency",
@@ -41,8 +43,9 @@ def make_backend(
       api_key_env, concurrency, max_retries, timeout, cache_dir and the other OpenAIBackend options.
     - otherwise: ``model`` is a model spec for :func:`rmkit.models.loading.load_model` (``kw`` may
       hold dtype, quantization, adapter, trust_remote_code, min_pixels, max_pixels) or a loaded
-      model; the result is ``HFBackend(loaded, batch_size=kw.get("batch_size", 16))``. A model
-      loaded here is put on ``device`` ("auto": CUDA when available; "cpu"; "cuda").
+      model; the result is ``HFBackend(loaded, batch_size=kw.get("batch_size", 16),
+      decoder=kw.get("decoder", "auto"))``. A model loaded here is put on ``device`` ("auto":
+      CUDA when available; "cpu"; "cuda").
 
     Unknown keyword arguments raise :class:`RmkitError` naming them.
     """
@@ -66,6 +69,7 @@ def make_backend(
 
     batch_size = kw.pop("batch_size", 16)
     device = kw.pop("device", "auto")
+    decoder = kw.pop("decoder", "auto")
     if isinstance(model, str) or hasattr(model, "__fspath__"):
         from rmkit.models.loading import load_model
 
@@ -73,7 +77,7 @@ def make_backend(
         place_model(model, device)
     elif kw:
         raise RmkitError(f"loading options {sorted(kw)} given for a model that is already loaded")
-    return HFBackend(model, batch_size=batch_size)
+    return HFBackend(model, batch_size=batch_size, decoder=decoder)
 
 
 def _check_keys(kw: dict, allowed: tuple[str, ...], what: str) -> None:

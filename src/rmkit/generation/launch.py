@@ -103,6 +103,7 @@ def server_command(
     lora_rank: int | None,
     sync_root: str | None,
     weight_reload: bool = False,
+    adapter: str | None = None,
 ) -> tuple[list[str], dict[str, str]]:
     """(argv, extra environment) that start ``cfg.kind`` serving ``model_dir`` on ``port``.
 
@@ -110,14 +111,21 @@ def server_command(
     ``weight_reload``: enable replacing the weights from a folder (full-weight sync; for vLLM
     this turns on its development endpoints, ``VLLM_SERVER_DEV_MODE=1``). ``sync_root``:
     the folder adapters and weights are read from (rmkit serve refuses any other).
+    ``adapter``: a PEFT adapter folder served on top of the model from the start (rmkit serve
+    applies it to ``served_name``; vLLM serves it as the LoRA module ``served_name``, so the
+    base model gets ``<served_name>-base``).
     """
     dtype = cfg.dtype or dtype
     if cfg.kind == "vllm":
+        base_name = f"{served_name}-base" if adapter else served_name
         argv = [
             vllm_python(cfg.python), "-m", "vllm.entrypoints.openai.api_server",
-            "--model", model_dir, "--served-model-name", served_name,
+            "--model", model_dir, "--served-model-name", base_name,
             "--host", cfg.host, "--port", str(port), "--dtype", dtype,
         ]  # fmt: skip
+        if adapter:
+            lora_rank = max(lora_rank or 0, _adapter_rank(adapter))
+            argv += ["--lora-modules", f"{served_name}={adapter}"]
         env = {
             "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
             "VLLM_NO_USAGE_STATS": "1",
@@ -143,6 +151,8 @@ def server_command(
             "--dtype", dtype, "--max-loras", str(cfg.max_loras),
         ]  # fmt: skip
         env = {"RMKIT_NO_PROGRESS": "1"}
+        if adapter:
+            argv += ["--adapter", adapter]
         if lora_rank is not None:
             argv += ["--enable-lora"] + (["--lora-root", sync_root] if sync_root else [])
         if weight_reload:
@@ -151,6 +161,71 @@ def server_command(
             )
     env.update(cfg.env)
     return argv + list(cfg.args), env
+
+
+def _adapter_rank(folder: str) -> int:
+    import json
+
+    try:
+        return int(json.loads((Path(folder) / "adapter_config.json").read_text())["r"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise RmkitError(
+            f"{folder}: not a PEFT LoRA adapter folder (adapter_config.json)"
+        ) from None
+
+
+def launch_backend(cfg, server_log: str | Path | None = None, **extra):
+    """Start the server ``cfg.launch`` describes for ``cfg.model`` (and ``cfg.adapter``), wait
+    until it answers, and return an OpenAI-compatible backend for it whose ``close()`` also
+    stops the server. ``cfg`` is a :class:`rmkit.generation.config.BackendConfig`."""
+    import tempfile
+
+    from rmkit.generation.openai_api import OpenAIBackend
+    from rmkit.generation.token_server import TokenServerBackend
+    from rmkit.models.registry import resolve_model
+
+    launch = cfg.launch
+    folder = str(resolve_model(cfg.model))
+    name = Path(cfg.model).name if os.sep in str(cfg.model) else str(cfg.model)
+    port = launch.port or free_port(launch.host)
+    host = "127.0.0.1" if launch.host in ("0.0.0.0", "::") else launch.host
+    url = f"http://{host}:{port}/v1"
+    adapter = str(Path(cfg.adapter).expanduser().resolve()) if cfg.adapter else None
+    argv, env = server_command(
+        launch, folder, name, port, dtype=cfg.dtype, lora_rank=None, sync_root=None,
+        adapter=adapter,
+    )  # fmt: skip
+    if server_log is None:
+        fd, server_log = tempfile.mkstemp(prefix="rmkit-server-", suffix=".log")
+        os.close(fd)
+    process = ServerProcess(
+        argv, env, url, Path(server_log), launch.kind, launch.stop_timeout_s
+    ).start()
+    try:
+        probe = TokenServerBackend(url, name, api_key_env=cfg.api_key_env)
+        try:
+            probe.wait_ready(launch.ready_timeout_s, process)
+        finally:
+            probe.close()
+        backend = OpenAIBackend(
+            url, name, api_key_env=cfg.api_key_env, concurrency=cfg.concurrency,
+            max_retries=cfg.max_retries, timeout=cfg.timeout, backoff_base=cfg.backoff_base,
+            max_tokens_field=cfg.max_tokens_field, **extra,
+        )  # fmt: skip
+    except BaseException:
+        process.stop()
+        raise
+    close = backend.close
+
+    def close_and_stop() -> None:
+        try:
+            close()
+        finally:
+            process.stop()
+
+    backend.close = close_and_stop  # type: ignore[method-assign]
+    backend.server = process  # type: ignore[attr-defined]
+    return backend
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec

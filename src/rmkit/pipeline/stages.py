@@ -58,7 +58,6 @@ def run_build(stage: Stage, resume: bool) -> dict[str, Any]:
 
 def run_caption(stage: Stage, resume: bool) -> dict[str, Any]:
     from rmkit.data.caption import CaptionSettings, caption_dataset
-    from rmkit.generation import make_backend
 
     c = stage.config
     settings = CaptionSettings(
@@ -69,21 +68,8 @@ def run_caption(stage: Stage, resume: bool) -> dict[str, Any]:
     )
     if c.prompt:
         settings.prompt = c.prompt
-    if c.base_url:
-        backend = make_backend(
-            base_url=c.base_url,
-            api_model=c.api_model,
-            api_key_env=c.api_key_env,
-            concurrency=c.concurrency,
-            max_retries=c.max_retries,
-            timeout=c.timeout,
-        )
-        settings.chunk_size = c.concurrency
-    else:
-        backend = make_backend(
-            c.model, adapter=c.adapter, dtype=c.dtype, batch_size=c.batch_size, device=c.device
-        )
-        settings.chunk_size = c.batch_size
+    settings.chunk_size = c.concurrency if c.is_api else c.batch_size
+    backend = c.build(server_log=Path(stage.output) / "server.log")
     try:
         manifest = caption_dataset(c.dataset, stage.output, backend, c.model_id, settings)
     finally:

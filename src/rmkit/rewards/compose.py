@@ -13,6 +13,7 @@ Combiners:
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib
 import importlib.util
@@ -24,10 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
 from rmkit.config.validate import StrictModel, validate_config
 from rmkit.errors import ConfigError, RmkitError
+from rmkit.generation.config import BackendConfig
 from rmkit.rewards.base import RewardSample, check_value
 from rmkit.rewards.builtin import accuracy, format_reward, length_penalty, task_type
 from rmkit.rewards.consistency import consistency
@@ -46,10 +48,8 @@ SAMPLE_FIELDS = (
     "prompt", "images", "completion", "label", "metadata", "task", "verdict", "label_kind",
     "n_candidates", "n_tokens", "messages", "sample_id",
 )  # fmt: skip
-BACKEND_KEYS = (
-    "model", "base_url", "api_model", "api_key_env", "concurrency", "timeout", "cache_dir",
-    "max_retries", "batch_size", "dtype", "quantization", "adapter",
-)  # fmt: skip
+# Consistency-reward options that are not judge config fields but BackendConfig.build() extras.
+JUDGE_BUILD_KEYS = ("cache_dir",)
 
 
 class RewardSpec(StrictModel):
@@ -59,6 +59,59 @@ class RewardSpec(StrictModel):
     weight: float = 1.0
     options: dict[str, Any] = Field(default_factory=dict)
     key: str | None = None  # the name it is logged under; default: name (or the function name)
+
+    @field_validator("options")
+    @classmethod
+    def _judge_keys(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """The consistency reward's judge keys are checked with the config, before any model
+        loads (whether a judge is given at all is checked when the reward is built)."""
+        if info.data.get("name") == "consistency":
+            try:
+                judge_options(options, need_judge=False)
+            except ConfigError as e:
+                raise ValueError(e.message + (f" ({e.hint})" if e.hint else "")) from None
+        return options
+
+
+def judge_options(
+    options: dict[str, Any], need_judge: bool = True
+) -> tuple[BackendConfig | None, dict[str, Any], dict[str, Any]]:
+    """Split the consistency reward's ``options`` into ``(judge, build extras, own options)``.
+
+    The judge's keys are :class:`~rmkit.generation.config.BackendConfig`'s (a local ``model`` or
+    ``base_url`` + ``api_model``) plus ``cache_dir``; the judge is None when ``options.backend``
+    holds a ready backend. Raises :class:`ConfigError` for a key that is neither (naming it and
+    the closest valid one), an invalid judge key, or (``need_judge``) no judge at all.
+    """
+    own_keys = set(inspect.signature(consistency).parameters) - {"samples"}
+    judge_keys = set(BackendConfig.model_fields)
+    valid = sorted(own_keys | judge_keys | set(JUDGE_BUILD_KEYS))
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], valid, n=1, cutoff=0.5)
+        raise ConfigError(
+            f"reward 'consistency': unknown option(s) {unknown}"
+            + (f"; did you mean '{close[0]}'?" if close else ""),
+            hint=None if close else "options: " + ", ".join(valid),
+        )
+    own = {k: v for k, v in options.items() if k in own_keys}
+    judge = {k: v for k, v in options.items() if k in judge_keys}
+    extra = {k: v for k, v in options.items() if k in JUDGE_BUILD_KEYS}
+    if own.get("backend") is not None:
+        if judge or extra:
+            raise ConfigError(
+                f"reward 'consistency': options.backend is a ready judge, so the judge option(s) "
+                f"{sorted(judge) + sorted(extra)} do not apply",
+                hint="give either options.backend or the judge's keys",
+            )
+        return None, {}, own
+    cfg = validate_config(BackendConfig, judge, source="reward 'consistency'", at="options")
+    if need_judge and not cfg.configured:
+        raise ConfigError(
+            "the consistency reward needs a judge: options.model (a local model) or "
+            "options.base_url and options.api_model (an OpenAI-compatible server)"
+        )
+    return cfg, extra, own
 
 
 @dataclass
@@ -162,17 +215,11 @@ def _build_component(spec: RewardSpec, base_dir, owned: list) -> _Component:
     if spec.name in REWARDS:
         fn, batched = REWARDS[spec.name]
         key = spec.key or spec.name
-        if spec.name == "consistency" and options.get("backend") is None:
-            judge = {k: options.pop(k) for k in BACKEND_KEYS if k in options}
-            if not judge:
-                raise ConfigError(
-                    "the consistency reward needs a judge: options.model (a local model) or "
-                    "options.base_url and options.api_model (an OpenAI-compatible server)"
-                )
-            from rmkit.generation import make_backend
-
-            options["backend"] = make_backend(**judge)
-            owned.append(options["backend"])
+        if spec.name == "consistency":
+            judge, extra, options = judge_options(options)
+            if judge is not None:
+                options["backend"] = judge.build(**extra)
+                owned.append(options["backend"])
         accepted = set(inspect.signature(fn).parameters) - {"sample", "samples"}
         unknown = sorted(set(options) - accepted)
         if unknown:

@@ -16,12 +16,12 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
 from rmkit.config.validate import StrictModel
-from rmkit.generation.launch import LaunchConfig
+from rmkit.generation.config import LOCAL_KEYS, BackendConfig
 from rmkit.models.lora import LoraSettings
 from rmkit.rewards.compose import RewardSpec
 
@@ -98,24 +98,28 @@ class KLSection(StrictModel):
     coef: float | None = Field(None, ge=0)
 
 
-class RolloutServerSection(StrictModel):
+class RolloutServerConfig(BackendConfig):
     """The inference server of ``rl.rollout.engine: server``: one running at ``base_url``, or
-    one rmkit starts for the run (``launch``)."""
+    one rmkit starts for the run (``launch``), serving the policy. The generation backend's
+    config model; RL takes its API keys (``api_model`` optional: asked from ``/v1/models``)
+    and refuses the local-model ones, since the server always serves the policy."""
 
-    base_url: str | None = Field(None, description="a running server, e.g. http://host:8000/v1")
-    api_model: str | None = Field(None, description="the base model's served name (default: ask)")
-    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable with the key")
-    concurrency: int = Field(8, ge=1, description="requests in flight (one per prompt)")
+    api_model_required: ClassVar[bool] = False
     max_retries: int = Field(3, ge=0, description="retries per request before the run stops")
     timeout: float = Field(600.0, gt=0, description="seconds to wait for one answer")
-    launch: LaunchConfig | None = Field(None, description="start a server for the run")
 
     @model_validator(mode="after")
-    def _one_server(self) -> RolloutServerSection:
-        if bool(self.base_url) == (self.launch is not None):
+    def _serves_the_policy(self) -> RolloutServerConfig:
+        local = sorted(self.model_fields_set & set(LOCAL_KEYS))
+        if local:
+            raise ValueError(
+                f"rl.rollout.server: {', '.join(local)} describe a local model; the server "
+                "serves the policy (model.*): remove them"
+            )
+        if not self.base_url and self.launch is None:
             raise ValueError(
                 "give rl.rollout.server.base_url (a running server) or rl.rollout.server.launch "
-                "(a server rmkit starts), exactly one"
+                "(a server rmkit starts)"
             )
         return self
 
@@ -137,7 +141,7 @@ class RolloutSection(StrictModel):
     merge_lora: bool = Field(
         True, description="local: generate with LoRA folded into the weights (restored after)"
     )
-    server: RolloutServerSection | None = None
+    server: RolloutServerConfig | None = None
     sync_every: int = Field(1, ge=1, description="server: steps between adapter syncs")
     keep_adapters: int = Field(2, ge=1, description="server: adapter versions kept loaded")
     sync_dir: str | None = Field(

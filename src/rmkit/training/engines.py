@@ -125,7 +125,7 @@ class ServerEngine:
             url = _broadcast(run, url)
         self.backend = TokenServerBackend(
             url, srv.api_model, api_key_env=srv.api_key_env, concurrency=srv.concurrency,
-            max_retries=srv.max_retries, timeout=srv.timeout,
+            max_retries=srv.max_retries, timeout=srv.timeout, backoff_base=srv.backoff_base,
         )  # fmt: skip
         try:
             timeout = srv.launch.ready_timeout_s if srv.launch else ro.ready_timeout_s

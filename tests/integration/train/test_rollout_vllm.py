@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 
 import pytest
 from tests.integration.train.train_helpers import DENSE_REWARD, metrics, train
@@ -24,9 +25,17 @@ def vllm_python() -> str:
     from rmkit.generation.launch import vllm_python as find
 
     try:
-        return find()
+        python = find()
     except RmkitError as e:
         pytest.skip(f"no vLLM environment: {e.message} (build it with `make vllm`)")
+    check = subprocess.run(
+        [python, "-c", "import vllm.entrypoints.openai.api_server"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    if check.returncode:
+        last = (check.stderr.strip().splitlines() or ["?"])[-1]
+        pytest.skip(f"the vLLM environment at {python} does not import vLLM ({last})")
+    return python
 
 
 @pytest.fixture(scope="module")

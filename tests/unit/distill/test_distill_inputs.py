@@ -106,7 +106,7 @@ def test_caption_records_pair_with_their_image_records(tmp_path):
 
 def test_config_rules(tmp_path):
     api = {"base_url": "http://127.0.0.1:1/v1", "api_model": "m"}
-    with pytest.raises(ConfigError, match="either model"):
+    with pytest.raises(ConfigError, match="either teacher.model"):
         load_config(
             None,
             kind="distill",

@@ -27,7 +27,7 @@ def test_engine_defaults_to_local_and_server_needs_a_server():
         check(rl_cfg(**{"rl.rollout": {"engine": "server"}}))
     with pytest.raises(ConfigError, match="base_url .* or rl.rollout.server.launch"):
         check(rl_cfg(**{"rl.rollout": {"engine": "server", "server": {}}}))
-    with pytest.raises(ConfigError, match="exactly one"):
+    with pytest.raises(ConfigError, match="rl.rollout.server.launch .* not both"):
         check(
             rl_cfg(
                 **{
@@ -40,6 +40,22 @@ def test_engine_defaults_to_local_and_server_needs_a_server():
         )
     ok = check(rl_cfg(**{"rl.rollout": {"engine": "server", "server": {"launch": {}}}}))
     assert ok.rl.rollout.server.launch.kind == "vllm" and ok.rl.rollout.sync_every == 1
+    # the same backend config model as eval's judge and distill's teacher, RL's defaults
+    from rmkit.generation.config import BackendConfig
+
+    assert isinstance(ok.rl.rollout.server, BackendConfig)
+    assert ok.rl.rollout.server.max_retries == 3 and ok.rl.rollout.server.api_model is None
+    with pytest.raises(ConfigError, match="decoder, quantization describe a local model"):
+        check(
+            rl_cfg(
+                **{
+                    "rl.rollout": {
+                        "engine": "server",
+                        "server": {"launch": {}, "decoder": "generate", "quantization": "nf4"},
+                    }
+                }
+            )
+        )
 
 
 def test_moved_rollout_keys_say_where_they_went():
