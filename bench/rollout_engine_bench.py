@@ -141,7 +141,7 @@ def summarise(rows: list[dict]) -> dict:
         "step": step, "sync": sync, "rollout": rollout, "server": server, "timing": timing,
         "train": step - rollout - sync, "overhead": overhead,
         "overhead_frac": overhead / step if overhead is not None else None,
-        "gap_max": max((r.get("rollout/logprob_gap_max", 0.0) for r in rows), default=0.0),
+        "gap_max": max((r["rollout/logprob_gap_max"] for r in rows if "rollout/logprob_gap_max" in r), default=None),
     }  # fmt: skip
 
 

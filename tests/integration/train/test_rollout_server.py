@@ -39,39 +39,28 @@ def lora_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("adapters")
 
 
-@pytest.fixture(scope="module")
-def tiny_server(tiny_text_model, lora_root):
-    """``rmkit serve tiny-llama --enable-lora --lora-root <lora_root>``, in this process."""
+def _serve(tiny_text_model, **options):
+    """``rmkit serve tiny-llama`` with ``options``, in this process (a fresh model load)."""
     from rmkit.models.loading import load_model
     from rmkit.serve import build_app
     from rmkit.serve.server import ModelServer
 
-    app = build_app(
-        "tiny-llama",
-        loaded=load_model(str(tiny_text_model)),
-        device="cpu",
-        enable_lora=True,
-        lora_root=str(lora_root),
-    )
-    with ModelServer(app, "127.0.0.1", 0) as srv:
+    app = build_app("tiny-llama", loaded=load_model(str(tiny_text_model)), device="cpu", **options)
+    return ModelServer(app, "127.0.0.1", 0)
+
+
+@pytest.fixture(scope="module")
+def tiny_server(tiny_text_model, lora_root):
+    """``rmkit serve tiny-llama --enable-lora --lora-root <lora_root>``."""
+    with _serve(tiny_text_model, enable_lora=True, lora_root=str(lora_root)) as srv:
         yield srv
 
 
 @pytest.fixture(scope="module")
 def tiny_reload_server(tiny_text_model, lora_root):
     """``rmkit serve tiny-llama --enable-weight-reload --weights-root <lora_root>``."""
-    from rmkit.models.loading import load_model
-    from rmkit.serve import build_app
-    from rmkit.serve.server import ModelServer
-
-    app = build_app(
-        "tiny-llama",
-        loaded=load_model(str(tiny_text_model)),
-        device="cpu",
-        enable_weight_reload=True,
-        weights_root=str(lora_root),
-    )
-    with ModelServer(app, "127.0.0.1", 0) as srv:
+    opts = {"enable_weight_reload": True, "weights_root": str(lora_root)}
+    with _serve(tiny_text_model, **opts) as srv:
         yield srv
 
 
