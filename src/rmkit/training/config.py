@@ -1,7 +1,8 @@
 """Configuration of ``rmkit train`` (``kind: train`` recipes): one model for both stages.
 
 Batch sizes name their unit. For RL, ``batch.prompts_per_step`` prompts (over all processes)
-each get ``batch.completions_per_prompt`` completions; for SFT, ``batch.sequences_per_step``
+each get ``batch.completions_per_prompt`` completions, and every ``batch.prompts_per_update``
+of them make one optimizer step (PPO mini-batches); for SFT, ``batch.sequences_per_step``
 trace records make one optimizer step. ``batch.micro_batch_per_device`` is the number of
 sequences in one forward/backward pass on one device. Derived values (RL
 ``sequences_per_step``, ``grad_accum_steps``) are computed once, here, for the world size of the
@@ -70,9 +71,16 @@ class DataSection(StrictModel):
 
 class BatchSection(StrictModel):
     prompts_per_step: int | None = Field(
-        None, gt=0, description="RL: prompts per step, all devices"
+        None, gt=0, description="RL: prompts per step (one rollout batch), all devices"
     )
     completions_per_prompt: int = Field(1, gt=0, description="RL: samples per prompt")
+    prompts_per_update: int | None = Field(
+        None,
+        gt=0,
+        description="RL: prompts per optimizer step, all devices (default: prompts_per_step); "
+        "a smaller value splits each rollout batch into prompts_per_step / prompts_per_update "
+        "PPO mini-batches",
+    )
     sequences_per_step: int | None = Field(
         None, gt=0, description="SFT: records per step, all devices; RL: derived"
     )
@@ -325,10 +333,14 @@ class TrainConfig(StrictModel):
         if self.rl is not None or self.rewards is not None:
             raise ValueError("'rl' and 'rewards' belong to stage: rl; remove them for stage: sft")
         b = self.batch
-        if b.prompts_per_step is not None or b.completions_per_prompt != 1:
+        if (
+            b.prompts_per_step is not None
+            or b.prompts_per_update is not None
+            or b.completions_per_prompt != 1
+        ):
             raise ValueError(
                 "stage sft counts batch.sequences_per_step (trace records per step); "
-                "remove batch.prompts_per_step / completions_per_prompt"
+                "remove batch.prompts_per_step / prompts_per_update / completions_per_prompt"
             )
         if b.sequences_per_step is None:
             raise ValueError(
@@ -343,7 +355,7 @@ class TrainConfig(StrictModel):
             raise ValueError("stage rl needs rewards, e.g. rewards: {preset: msrl-text}")
         b = self.batch
         if b.prompts_per_step is None:
-            raise ValueError("stage rl needs batch.prompts_per_step (prompts per optimizer step)")
+            raise ValueError("stage rl needs batch.prompts_per_step (prompts per rollout batch)")
         if rl.algorithm in ("grpo", "dr_grpo") and b.completions_per_prompt < 2:
             raise ValueError(
                 f"{rl.algorithm} compares completions of the same prompt: set "
@@ -361,7 +373,19 @@ class TrainConfig(StrictModel):
                 f"batch.sequences_per_step is derived for RL (prompts x completions = {seqs}); remove it"
             )
         object.__setattr__(b, "sequences_per_step", seqs)
-        self._set_accum(seqs, "batch.prompts_per_step")
+        per_update = b.prompts_per_update or b.prompts_per_step
+        if b.prompts_per_step % per_update:
+            raise ValueError(
+                f"batch.prompts_per_update {per_update} must divide batch.prompts_per_step "
+                f"{b.prompts_per_step} (each rollout batch splits into equal mini-batches)"
+            )
+        if per_update % world:
+            raise ValueError(
+                f"batch.prompts_per_update {per_update} does not split over {world} processes; "
+                "make it a multiple of the process count"
+            )
+        object.__setattr__(b, "prompts_per_update", per_update)
+        self._set_accum(per_update * b.completions_per_prompt, "batch.prompts_per_update")
 
     def _set_accum(self, sequences: int, name: str) -> None:
         b, world = self.batch, world_size()
@@ -379,6 +403,17 @@ class TrainConfig(StrictModel):
     @property
     def sequences_per_device(self) -> int:
         return self.batch.sequences_per_step // world_size()
+
+    @property
+    def mini_batches(self) -> int:
+        """RL: optimizer steps per pass over a rollout batch (PPO mini-batches); SFT: 1."""
+        b = self.batch
+        return b.prompts_per_step // b.prompts_per_update if self.stage == "rl" else 1
+
+    @property
+    def optimizer_steps_per_step(self) -> int:
+        """Optimizer steps one training step takes: RL mini-batches x passes; SFT 1."""
+        return self.mini_batches * self.rl.updates_per_batch if self.stage == "rl" else 1
 
     @classmethod
     def resolve_paths(cls, data: dict, base: Path) -> dict:

@@ -193,9 +193,8 @@ def setup_run(cfg, resume: bool, select=None) -> Run:
     if cfg.stage == "rl":
         disable_dropout(loaded.model)
     reference = build_reference(cfg, loaded, accel.device)
-    updates = cfg.rl.updates_per_batch if cfg.stage == "rl" else 1
     optimizer = build_optimizer(loaded.model, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.optim, steps * updates)
+    scheduler = build_scheduler(optimizer, cfg.optim, steps * cfg.optimizer_steps_per_step)
     model, optimizer = accel.prepare(loaded.model, optimizer)
     torch.manual_seed(cfg.seed + 1000 * accel.process_index)
     step, resume_at = 0, None

@@ -50,11 +50,13 @@ def build_micro_batches(
     size: int,
     device,
     groups: list[int] | None = None,
+    offset: int = 0,
 ) -> list[MicroBatch]:
     """Micro-batches of ``size`` sequences; ``conversations[i]`` is the prompt of sequence i,
     ``completions[i]`` its generated token ids (at least one each). With ``groups`` (the
     prompt index of each sequence; equal indices mean the same prompt) the distinct prompts
-    of every micro-batch are also prepared for :func:`shared_prompt_logprobs`."""
+    of every micro-batch are also prepared for :func:`shared_prompt_logprobs`. ``offset``
+    is added to each micro-batch's ``rows`` (the sequences given start there in the step)."""
     import torch
 
     from rmkit.models.chat import prepare_inputs
@@ -87,7 +89,12 @@ def build_micro_batches(
         inputs = {k: v.to(device) if hasattr(v, "to") else v for k, v in inputs.items()}
         out.append(
             MicroBatch(
-                inputs, tokens.to(device), mask.to(device), slice(start, stop), prompts, group
+                inputs,
+                tokens.to(device),
+                mask.to(device),
+                slice(offset + start, offset + stop),
+                prompts,
+                group,
             )
         )
     return out

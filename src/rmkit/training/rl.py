@@ -64,7 +64,6 @@ def rl_step(run: Run) -> tuple[dict[str, float], dict[str, Any]]:
     from rmkit.algorithms import aggregate_loss, kl_k1, kl_k3, policy_loss
     from rmkit.training.data import shard
     from rmkit.training.policy import (
-        build_micro_batches,
         completion_logprobs,
         old_logprobs,
         reference_logprobs,
@@ -84,15 +83,14 @@ def rl_step(run: Run) -> tuple[dict[str, float], dict[str, Any]]:
     # 2. rewards
     totals, rewards, samples = score(run, ro)
     timer.mark("scoring")
-    # 3. old / reference log-probs
+    # 3. micro-batches (per PPO mini-batch), old / reference log-probs
     share = run.share_prompts  # no-grad passes; the grad pass too when single-process
-    groups = [i // ro.group for i in range(len(ro.completions))] if share else None
-    mbs = build_micro_batches(
-        run.loaded, ro.sequence_conversations(), ro.token_ids(),
-        cfg.batch.micro_batch_per_device, accel.device, groups,
-    )  # fmt: skip
+    parts = micro_batch_parts(run, ro)
+    mbs = [mb for part in parts for mb in part]
     temp = _logprob_temperature(rl)
-    need_old = rl.updates_per_batch > 1 or (rl.kl.mode == "k1_reward" and rl.kl.coef > 0)
+    need_old = (
+        rl.updates_per_batch > 1 or len(parts) > 1 or (rl.kl.mode == "k1_reward" and rl.kl.coef > 0)
+    )
     old = old_logprobs(run.unwrapped, mbs, temp, share) if need_old else None
     ref = (
         reference_logprobs(run.unwrapped, run.reference, mbs, temp, share)
@@ -106,35 +104,45 @@ def rl_step(run: Run) -> tuple[dict[str, float], dict[str, Any]]:
         token_kl = [kl_k1(o, r) for o, r in zip(old, ref, strict=True)]
     adv, adv_stats = global_advantages(run, algo, totals, mbs, token_kl)
     timer.mark("advantages")
-    # 5. micro-batched loss and optimizer step(s)
+    # 5. micro-batched loss; one optimizer step per mini-batch, rl.updates_per_batch passes
     units = [_units(mb, rl.aggregation) for mb in mbs]
-    (global_units,) = all_sum(accel, [sum(units)])
-    scale = run.world / max(global_units, 1.0)
-    acc = _Acc()
+    first = [sum(len(p) for p in parts[:j]) for j in range(len(parts))]  # index of each part
+    part_units = all_sum(
+        accel, [sum(units[f : f + len(p)]) for f, p in zip(first, parts, strict=True)]
+    )
+    acc = _Acc(rl.updates_per_batch * len(parts))
     acc.lr = run.scheduler.get_last_lr()[0]
+    if old is not None and temp == 1.0:
+        for i, mb in enumerate(mbs):
+            acc.behaviour_gap(mb, old[i], ro.completions)
     for update in range(rl.updates_per_batch):
-        for k, mb in enumerate(mbs):
-            with accumulate(run, last=k == len(mbs) - 1):
-                logp = completion_logprobs(run.model, mb, temp, share and run.world == 1)
-                if update == 0 and temp == 1.0:
-                    acc.behaviour_gap(mb, logp, ro.completions)
-                old_k = old[k] if old is not None else logp.detach()
-                tok_loss, st = policy_loss(
-                    logp, old_k, adv[k], mb.mask, algo.clip_low, algo.clip_high,
-                    tuple(rl.preclip_bounds) if algo.pre_clip else None,
+        for j, part in enumerate(parts):
+            scale = run.world / max(part_units[j], 1.0)
+            u = update * len(parts) + j
+            for k, mb in enumerate(part):
+                i = first[j] + k
+                with accumulate(run, last=k == len(part) - 1):
+                    logp = completion_logprobs(run.model, mb, temp, share and run.world == 1)
+                    if old is None and temp == 1.0:  # one update: logp is the rollout policy's
+                        acc.behaviour_gap(mb, logp, ro.completions)
+                    old_i = old[i] if old is not None else logp.detach()
+                    tok_loss, st = policy_loss(
+                        logp, old_i, adv[i], mb.mask, algo.clip_low, algo.clip_high,
+                        tuple(rl.preclip_bounds) if algo.pre_clip else None,
+                    )  # fmt: skip
+                    kl_tok = (
+                        kl_k3(logp, ref[i]) if ref is not None and rl.kl.mode == "k3_loss" else None
+                    )
+                    if kl_tok is not None:
+                        tok_loss = tok_loss + rl.kl.coef * kl_tok
+                    loss = aggregate_loss(tok_loss, mb.mask, rl.aggregation, rl.max_new_tokens)
+                    loss = loss * units[i] * scale
+                    backward(run, loss)
+                acc.add(
+                    mb, float(loss.detach()) / run.world, st, logp,
+                    ref[i] if ref is not None else None, u,
                 )  # fmt: skip
-                kl_tok = (
-                    kl_k3(logp, ref[k]) if ref is not None and rl.kl.mode == "k3_loss" else None
-                )
-                if kl_tok is not None:
-                    tok_loss = tok_loss + rl.kl.coef * kl_tok
-                loss = aggregate_loss(tok_loss, mb.mask, rl.aggregation, rl.max_new_tokens)
-                loss = loss * units[k] * scale
-                backward(run, loss)
-            acc.add(
-                mb, float(loss.detach()) / run.world, st, logp, ref[k] if ref is not None else None
-            )
-        acc.grad_norms.append(optimizer_step(run))
+            acc.grad_norms.append(optimizer_step(run))
     timer.mark("backward")
     # 6. metrics and samples
     prompt_tokens = sum(int(mb.inputs["attention_mask"].sum()) for mb in mbs)
@@ -194,15 +202,44 @@ def _pad_cols(t, width: int):
     return F.pad(t, (0, width - t.shape[1]), value=0)
 
 
-class _Acc:
-    """Sums over micro-batches (and updates) for the step's policy metrics."""
+def micro_batch_parts(run: Run, ro) -> list[list]:
+    """This process's micro-batches, grouped by PPO mini-batch (``batch.prompts_per_update``
+    prompts over all processes): part j holds this process's sequences of mini-batch j, so
+    every optimizer step sees a disjoint share of the rollout batch, whole prompt groups."""
+    from rmkit.training.policy import build_micro_batches
 
-    def __init__(self) -> None:
+    cfg = run.cfg
+    convs, ids = ro.sequence_conversations(), ro.token_ids()
+    groups = [i // ro.group for i in range(len(ro.completions))] if run.share_prompts else None
+    per_part = len(convs) // cfg.mini_batches
+    parts = []
+    for lo in range(0, len(convs), per_part):
+        hi = lo + per_part
+        parts.append(
+            build_micro_batches(
+                run.loaded,
+                convs[lo:hi],
+                ids[lo:hi],
+                cfg.batch.micro_batch_per_device,
+                run.accel.device,
+                groups[lo:hi] if groups is not None else None,
+                offset=lo,
+            )  # fmt: skip
+        )
+    return parts
+
+
+class _Acc:
+    """Sums over micro-batches (and optimizer steps) for the step's policy metrics."""
+
+    def __init__(self, n_updates: int = 1) -> None:
         self.loss = self.tokens = self.clip = self.kl = self.preclip = 0.0
         self.ratio_max = self.lr = 0.0
-        self.updates_loss: list[float] = []
         self.grad_norms: list[float] = []
         self.gap_sum = self.gap_max = self.gap_tokens = 0.0
+        # per optimizer step u: [tokens, clip tokens, preclip tokens, ratio sum], ratio max
+        self.per_update = [[0.0, 0.0, 0.0, 0.0] for _ in range(n_updates)]
+        self.update_ratio_max = [0.0] * n_updates
 
     def behaviour_gap(self, mb, logp, completions) -> None:
         """|trainer log-prob - behaviour log-prob| of the completion tokens, for completions
@@ -220,13 +257,19 @@ class _Acc:
         self.gap_max = max(self.gap_max, float(gap.max()))
         self.gap_tokens += float(mb.mask.sum())
 
-    def add(self, mb, loss: float, st: dict, logp, ref) -> None:
+    def add(self, mb, loss: float, st: dict, logp, ref, update: int = 0) -> None:
         n = float(mb.n_tokens)
         self.loss += loss
         self.tokens += n
         self.clip += float(st["clip_frac"]) * n
         self.preclip += float(st["preclip_frac"]) * n
         self.ratio_max = max(self.ratio_max, float(st["ratio_max"]))
+        row = self.per_update[update]
+        row[0] += n
+        row[1] += float(st["clip_frac"]) * n
+        row[2] += float(st["preclip_frac"]) * n
+        row[3] += float(st["ratio_mean"]) * n
+        self.update_ratio_max[update] = max(self.update_ratio_max[update], float(st["ratio_max"]))
         if ref is not None:
             from rmkit.algorithms import kl_k3
 
@@ -251,11 +294,15 @@ def _step_metrics(
     cut = sum(1 for c in ro.completions if c.finish_reason == "length")
     local += [acc.loss, acc.tokens, acc.clip, acc.preclip, acc.kl, float(sum(lengths)), float(cut)]
     local += [float(seq_tokens), acc.gap_sum, acc.gap_tokens]
+    local += [v for row in acc.per_update for v in row]
     s = all_sum(accel, local)
     timing = [ro.stats.get(k, 0.0) for k in ROLLOUT_TIMES]
-    ratio_max, gap_max, *timing = all_max(accel, [acc.ratio_max, acc.gap_max, *timing])
+    ratio_max, gap_max, *rest = all_max(
+        accel, [acc.ratio_max, acc.gap_max, *timing, *acc.update_ratio_max]
+    )
+    timing, update_max = rest[: len(timing)], rest[len(timing) :]
     n = s[1]
-    m: dict[str, float] = {"loss": s[2 + 2 * len(keys)] / cfg.rl.updates_per_batch}
+    m: dict[str, float] = {"loss": s[2 + 2 * len(keys)] / cfg.optimizer_steps_per_step}
     m["reward/total"] = s[0] / n
     for i, key in enumerate(keys):
         m[f"reward/{key}"] = _ratio(s[2 + 2 * i : 4 + 2 * i])
@@ -284,6 +331,15 @@ def _step_metrics(
     if s[base + 9] > 0:
         m["rollout/logprob_gap_mean"] = s[base + 8] / s[base + 9]
         m["rollout/logprob_gap_max"] = gap_max
+    if len(update_max) > 1:  # per optimizer step of the rollout batch (mini-batches, passes)
+        for u, rmax in enumerate(update_max):
+            tok, clip, pre, rsum = s[base + 10 + 4 * u : base + 14 + 4 * u]
+            tok = max(tok, 1.0)
+            m[f"policy/update{u + 1}/clip_frac"] = clip / tok
+            m[f"policy/update{u + 1}/ratio_mean"] = rsum / tok
+            m[f"policy/update{u + 1}/ratio_max"] = rmax
+            if run.algorithm.pre_clip:
+                m[f"policy/update{u + 1}/preclip_frac"] = pre / tok
     m.update(timer.times)
     m["step_time/total"] = elapsed
     return m

@@ -65,6 +65,13 @@ def test_r1_reward_settings(tmp_path):
     assert sft.model.spec == "Qwen/Qwen2.5-VL-7B-Instruct"
     assert (sft.optim.lr, sft.epochs, sft.batch.sequences_per_step) == (1e-5, 1, 256)
     assert rl.rl.algorithm == "stable_reinforce" and rl.batch.completions_per_prompt == 1
+    # the released split: rollouts of 256 prompts, optimizer steps of 128
+    assert (rl.batch.prompts_per_step, rl.batch.prompts_per_update, rl.mini_batches) == (
+        256,
+        128,
+        2,
+    )
+    assert rl.rl.rollout.engine == "server" and rl.rl.rollout.server.launch.kind == "vllm"
     assert (rl.optim.lr, rl.rl.kl.coef, rl.epochs) == (
         1e-6,
         0.0,

@@ -84,6 +84,12 @@ def test_r1_reward_twin(tmp_path, tiny_vlm, tiny_text_model):
     )
     config = (out / "rl" / "config.yaml").read_text()
     assert "stable_reinforce" in config and "http://127.0.0.1:" in config
+    # 2 PPO mini-batches per rollout batch: the first is on-policy, the second off-policy
+    import json
+
+    rows = [json.loads(x) for x in (out / "rl" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["policy/update1/ratio_max"] == 1.0 for r in rows)
+    assert max(r["policy/update2/clip_frac"] for r in rows) > 0
     assert metrics(summary, "eval-vl-rewardbench")["n_scored"] == 6
 
 
