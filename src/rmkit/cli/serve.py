@@ -29,6 +29,8 @@ def serve_cmd(
         False, "--enable-weight-reload", help="Add /collective_rpc reload_weights (RL sync)."
     ),
     weights_root: str = Opt(None, help="Weights may only be reloaded from inside this folder."),
+    merge_lora: bool = Opt(False, "--merge-lora", help="Fold runtime adapters in to generate."),
+    logprobs_mode: str = Opt("raw_logprobs", help="raw_logprobs or processed_logprobs (vLLM's)."),
 ) -> None:
     """Serve MODEL over HTTP: /v1/models, /v1/chat/completions, /v1/score. Ctrl-C stops it."""
     from rmkit.serve import build_app
@@ -48,5 +50,7 @@ def serve_cmd(
         max_loras=max_loras,
         enable_weight_reload=enable_weight_reload,
         weights_root=weights_root,
+        merge_lora=merge_lora,
+        logprobs_mode=logprobs_mode,
     )
     serve_forever(ModelServer(app, host, port))

@@ -163,6 +163,9 @@ class Completion:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "cached": self.cached,
+            "token_logprobs": self.token_logprobs,
+            "prompt_token_ids": self.prompt_token_ids,
+            "policy_version": self.policy_version,
         }
 
     @classmethod
@@ -176,6 +179,9 @@ class Completion:
             prompt_tokens=_opt_int(d.get("prompt_tokens")),
             completion_tokens=_opt_int(d.get("completion_tokens")),
             cached=bool(d.get("cached", False)),
+            token_logprobs=d.get("token_logprobs"),
+            prompt_token_ids=d.get("prompt_token_ids"),
+            policy_version=_opt_int(d.get("policy_version")),
         )
 
 

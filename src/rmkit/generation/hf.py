@@ -17,9 +17,11 @@ How it works:
   the tokenizer's EOS, and at ``params.stop`` strings (matched in the generated text only; the
   returned text ends before the stop string, the token ids include the tokens that formed it). ``finish_reason`` is "stop" then, "length" otherwise.
 - Log-probabilities are the log-softmax of the model's logits for the chosen tokens at
-  temperature 1, *before* temperature and top-p are applied (the model's own distribution, as
-  a policy-gradient loss sees it), recorded step by step by an identity logits processor so the
-  full ``(batch, steps, vocab)`` logits are never stored.
+  temperature 1, *before* temperature and top-p are applied (the model's own distribution;
+  ``logprobs_mode="raw_logprobs"``, vLLM's default), recorded step by step by an identity logits
+  processor so the full ``(batch, steps, vocab)`` logits are never stored. With
+  ``logprobs_mode="processed_logprobs"`` (vLLM's mode of that name) they are taken *after*
+  temperature and top-p: the distribution the tokens were actually sampled from.
 - ``stats`` keeps counters and a time breakdown: ``prepare_s`` (chat template, tokenising,
   image processing), ``prefill_s`` (until the first new token's logits) and ``decode_s``.
 - ``decoder="auto"`` (the default) decodes text-only Llama/Qwen2 models with
@@ -79,19 +81,31 @@ class Sample:
 
 
 DECODERS = ("auto", "generate")
+LOGPROBS_MODES = ("raw_logprobs", "processed_logprobs")
 
 
 class HFBackend:
     """Generate with a loaded local model (see the module docstring)."""
 
-    def __init__(self, loaded: Any, batch_size: int = 16, decoder: str = "auto"):
+    def __init__(
+        self,
+        loaded: Any,
+        batch_size: int = 16,
+        decoder: str = "auto",
+        logprobs_mode: str = "raw_logprobs",
+    ):
         from rmkit.errors import RmkitError
 
         if not isinstance(batch_size, int) or batch_size < 1:
             raise RmkitError(f"batch_size must be an integer >= 1 (got {batch_size!r})")
         if decoder not in DECODERS:
             raise RmkitError(f"decoder must be one of {', '.join(DECODERS)} (got {decoder!r})")
+        if logprobs_mode not in LOGPROBS_MODES:
+            raise RmkitError(
+                f"logprobs_mode must be one of {', '.join(LOGPROBS_MODES)} (got {logprobs_mode!r})"
+            )
         self.loaded, self.batch_size, self.decoder = loaded, batch_size, decoder
+        self.logprobs_mode = logprobs_mode
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
         from rmkit.models.chat import end_of_turn_ids
 
@@ -219,7 +233,8 @@ class HFBackend:
             reason = "image inputs"
             inputs = prepare_inputs(self.loaded, _repeat(chunk, params.n))
         inputs = {k: v.to(device) if hasattr(v, "to") else v for k, v in inputs.items()}
-        recorder = StepRecorder(params.logprobs, top_k)
+        processed = self.logprobs_mode == "processed_logprobs"
+        recorder = StepRecorder(params.logprobs, top_k, warpers(gen_config) if processed else None)
         with torch.inference_mode(), _seeded(seed, device):
             if reason is None:
                 mask = inputs.get("attention_mask", torch.ones_like(inputs["input_ids"]))

@@ -10,10 +10,16 @@ from typing import Any
 
 class StepRecorder:
     """An identity logits processor that records when the first step ran and, if asked, the
-    log-softmax of each step's logits at the token chosen there (and the top ``k``)."""
+    log-softmax of each step's logits at the token chosen there (and the top ``k``).
 
-    def __init__(self, want_logprobs: bool, top_k: int):
+    ``processors`` (vLLM's ``processed_logprobs`` mode): the log-probs are taken after these
+    (temperature, top-p) are applied to a copy of the logits - the distribution the tokens were
+    sampled from; without them, of the raw logits (``raw_logprobs``).
+    """
+
+    def __init__(self, want_logprobs: bool, top_k: int, processors: list | None = None):
         self.want, self.top_k = want_logprobs or top_k > 0, top_k
+        self.processors = processors or []
         self.first_call: float | None = None
         self.prev = None  # (B, V) log-softmax of the previous step
         self.chosen: list[Any] = []  # per step: (B,) log-probs of the chosen tokens
@@ -29,7 +35,10 @@ class StepRecorder:
         if self.want:
             if self.prev is not None:
                 self._take(input_ids[:, -1])
-            self.prev = torch.log_softmax(scores.float(), dim=-1)
+            processed = scores
+            for proc in self.processors:
+                processed = proc(input_ids, processed)
+            self.prev = torch.log_softmax(processed.float(), dim=-1)
             if self.top_k:
                 self.top.append(self.prev.topk(self.top_k, dim=-1))
         return scores

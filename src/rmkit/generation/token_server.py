@@ -106,15 +106,25 @@ class TokenServerBackend:
     # ------------------------------------------------------------------ generation
 
     def generate(
-        self, conversations: list[list[dict]], params: SamplingParams
+        self,
+        conversations: list[list[dict]],
+        params: SamplingParams,
+        model: str | None = None,
+        policy_version: int | None = None,
     ) -> list[list[Completion]]:
         """``params.n`` completions per conversation, each with token ids, behaviour log-probs
-        and the prompt's token ids; raises :class:`RmkitError` when a request fails for good."""
-        if self.model is None:
+        and the prompt's token ids; raises :class:`RmkitError` when a request fails for good.
+
+        ``model`` / ``policy_version`` (default: the backend's :attr:`model` and
+        :attr:`policy_version`) fix them for this call, so calls for different policy versions
+        can run at the same time."""
+        model = model or self.model
+        version = self.policy_version if policy_version is None else policy_version
+        if model is None:
             raise RmkitError("token server backend: no model name set")
         t0 = time.perf_counter()
         futures = [
-            self._pool.submit(self._conversation, conv, params, i)
+            self._pool.submit(self._conversation, conv, params, i, model, version)
             for i, conv in enumerate(conversations)
         ]
         results, errors = [], []
@@ -124,7 +134,8 @@ class TokenServerBackend:
             except RmkitError as e:
                 errors.append(e)
                 results.append([])
-        self.stats["wall_s"] += time.perf_counter() - t0
+        with self._lock:
+            self.stats["wall_s"] += time.perf_counter() - t0
         if errors:
             first = errors[0]
             raise RmkitError(
@@ -134,13 +145,15 @@ class TokenServerBackend:
             )
         return results
 
-    def request_body(self, conv: list[dict], params: SamplingParams, index: int) -> dict:
+    def request_body(
+        self, conv: list[dict], params: SamplingParams, index: int, model: str | None = None
+    ) -> dict:
         """The chat-completions body for conversation ``index`` of a call (module docstring)."""
         from rmkit.generation.media import to_openai_messages
 
         n = 1 if params.greedy else params.n
         body: dict[str, Any] = {
-            "model": self.model,
+            "model": model or self.model,
             "messages": to_openai_messages(conv),
             "n": n,
             "temperature": params.temperature,
@@ -157,14 +170,14 @@ class TokenServerBackend:
         return body
 
     def _conversation(
-        self, conv: list[dict], params: SamplingParams, index: int
+        self, conv: list[dict], params: SamplingParams, index: int, model: str, version
     ) -> list[Completion]:
-        body = self.request_body(conv, params, index)
+        body = self.request_body(conv, params, index, model)
         n = body["n"]
         data, timing = self._post_json("/chat/completions", orjson.dumps(body))
         comps = parse_token_answer(data, n, self.base_url)
         for c in comps:
-            c.policy_version = self.policy_version
+            c.policy_version = version
         with self._lock:
             self.stats["prompt_tokens"] += len(comps[0].prompt_token_ids or [])
             self.stats["completion_tokens"] += sum(len(c.token_ids or []) for c in comps)

@@ -178,3 +178,69 @@ def trainable_parameter_summary(model) -> dict[str, Any]:
         "trainable_fraction": trainable / total if total else 0.0,
         "by_part": parts,
     }
+
+
+@contextlib.contextmanager
+def merged_lora(model, enabled: bool = True, dtype=None):
+    """Run with the active LoRA adapters folded into their base weights, then restore them.
+
+    Generation then runs plain linear layers instead of base + two low-rank matmuls per layer
+    (a third faster per decode step for SmolLM2 on the CPU). Each adapted base weight gets a
+    new tensor ``W + scale * B @ A`` while inside; the original tensor object is put back after,
+    so the weights come out bit-for-bit unchanged (no merge/unmerge rounding drift). Costs one
+    extra copy of the adapted weights while inside. Quantized (QLoRA) layers are left as they
+    are.
+
+    ``dtype`` (e.g. ``torch.bfloat16``): also give every floating-point parameter a copy in that
+    dtype while inside, so generation runs as a plain low-precision model. On CPUs this is
+    about twice as fast per decode step as bf16 autocast, which re-casts every fp32 weight at
+    every step. The yielded count is the number of LoRA layers folded.
+    """
+    import torch
+
+    swapped: dict[int, tuple] = {}  # id(param) -> (param, original data)
+    folded = []
+    with torch.no_grad():
+        if enabled:
+            from peft.tuners.lora import LoraLayer
+
+            for module in model.modules():
+                if not isinstance(module, LoraLayer) or module.merged or module.disable_adapters:
+                    continue
+                base = module.get_base_layer()
+                weight = getattr(base, "weight", None)
+                active = [a for a in module.active_adapters if a in module.lora_A]
+                if (
+                    weight is None
+                    or not weight.is_floating_point()
+                    or module.lora_variant
+                    or not active
+                ):
+                    continue
+                delta = sum(module.get_delta_weight(a) for a in active)
+                swapped[id(weight)] = (weight, weight.data)
+                weight.data = (weight.data + delta.to(weight.dtype)).to(dtype or weight.dtype)
+                module.merged_adapters = list(active)
+                folded.append(module)
+        if dtype is not None:
+            # the adapters of folded layers are not used while inside: leave them as they are
+            unused = {
+                id(p) for m in folded for p in (*m.lora_A.parameters(), *m.lora_B.parameters())
+            }
+            for param in model.parameters():
+                if (
+                    id(param) in swapped
+                    or id(param) in unused
+                    or not param.is_floating_point()
+                    or param.dtype == dtype
+                ):
+                    continue
+                swapped[id(param)] = (param, param.data)
+                param.data = param.data.to(dtype)
+    try:
+        yield len(folded)
+    finally:
+        for param, original in swapped.values():
+            param.data = original
+        for module in folded:
+            module.merged_adapters = []

@@ -33,6 +33,8 @@ def build_app(
     max_queue: int = 256,
     enable_weight_reload: bool = False,
     weights_root: str | None = None,
+    merge_lora: bool = False,
+    logprobs_mode: str = "raw_logprobs",
 ):
     """Load ``model`` (unless ``loaded`` is given) and return the FastAPI app serving it.
 
@@ -45,6 +47,9 @@ def build_app(
     ``max_queue``: requests waiting for the model before the server answers 503.
     ``enable_weight_reload`` adds ``/collective_rpc`` (``reload_weights`` only) and
     ``/reset_prefix_cache`` for full-weight RL sync; ``weights_root`` confines their paths.
+    ``merge_lora``: generate through a runtime adapter with it folded into the weights.
+    ``logprobs_mode``: ``raw_logprobs`` (the model's distribution, temperature 1) or
+    ``processed_logprobs`` (after temperature and top-p: what was sampled from), as vLLM's.
     """
     from rmkit.serve.app import create_app
     from rmkit.serve.engine import ServeEngine
@@ -83,6 +88,8 @@ def build_app(
         max_queue=max_queue,
         enable_weight_reload=enable_weight_reload,
         weights_root=weights_root,
+        merge_lora=merge_lora,
+        logprobs_mode=logprobs_mode,
     )
     app = create_app(engine, api_key=api_key, max_request_bytes=max_request_bytes)
     app.state.auth = api_key is not None

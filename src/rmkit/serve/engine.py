@@ -78,6 +78,8 @@ class ServeEngine:
         max_queue: int = 256,
         enable_weight_reload: bool = False,
         weights_root: str | None = None,
+        merge_lora: bool = False,
+        logprobs_mode: str = "raw_logprobs",
     ):
         from pathlib import Path
 
@@ -85,7 +87,8 @@ class ServeEngine:
 
         self.loaded, self.served_name = loaded, served_name
         self.names = {served_name, *aliases}
-        self.backend = HFBackend(loaded, batch_size=batch_size)
+        self.backend = HFBackend(loaded, batch_size=batch_size, logprobs_mode=logprobs_mode)
+        self.merge_lora = merge_lora
         self.is_vision = bool(loaded.is_vision)
         # decoding for responses happens on the event loop: a tokenizer of its own, so it never
         # shares the Rust object the worker is tokenising with
@@ -100,6 +103,17 @@ class ServeEngine:
         self.worker = ModelWorker(self._run, max_queue=max_queue, capacity=batch_size)
         self.weight_reload = enable_weight_reload
         self.weights_root = Path(weights_root).expanduser().resolve() if weights_root else None
+
+    def _merged(self, adapter: str | None):
+        """With ``--merge-lora``, a request through a runtime adapter runs with it folded into
+        a copy of the weights (faster decoding; the weights come back bit for bit)."""
+        import contextlib
+
+        from rmkit.models.lora import merged_lora
+
+        if not (self.merge_lora and adapter is not None):
+            return contextlib.nullcontext()
+        return merged_lora(self.loaded.model, True)
 
     def reload_weights(self, path: str) -> None:
         """Replace the served weights from a ``save_pretrained`` folder (worker thread)."""
@@ -204,7 +218,7 @@ class ServeEngine:
                         group[index].emit("tokens", items)
 
         try:
-            with self.lora.active(first.adapter):
+            with self.lora.active(first.adapter), self._merged(first.adapter):
                 rows = self.backend.generate_detailed(
                     [job.payload.conv for job in group], call, top_logprobs=first.top,
                     on_step=on_step,

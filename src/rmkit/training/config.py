@@ -150,8 +150,19 @@ class RolloutSection(StrictModel):
         True, description="local: generate with LoRA folded into the weights (restored after)"
     )
     server: RolloutServerConfig | None = None
-    sync_every: int = Field(1, ge=1, description="server: steps between adapter syncs")
-    keep_adapters: int = Field(2, ge=1, description="server: adapter versions kept loaded")
+    max_staleness: int = Field(
+        0,
+        ge=0,
+        description="asynchronous rollouts: step t's rollout comes from the policy after step "
+        "t - max_staleness, generated while earlier steps train (0: synchronous)",
+    )
+    threads: int | None = Field(
+        None, gt=0, description="local engine, max_staleness > 0: CPU threads of the generator"
+    )
+    sync_every: int = Field(1, ge=1, description="server: steps between weight syncs")
+    keep_adapters: int = Field(
+        2, ge=1, description="server: adapter versions kept loaded (at least max_staleness + 1)"
+    )
     sync_dir: str | None = Field(
         None, description="server: folder the server reads synced weights from (default: in output)"
     )
@@ -171,6 +182,18 @@ class RolloutSection(StrictModel):
             )
         if self.engine == "local" and self.server is not None:
             raise ValueError("rl.rollout.server is set but rl.rollout.engine is local")
+        if self.max_staleness and self.sync_every != 1:
+            raise ValueError(
+                "rl.rollout.max_staleness needs rl.rollout.sync_every: 1 (step t's rollout comes "
+                "from the policy after step t - max_staleness exactly)"
+            )
+        if self.threads is not None and not (self.engine == "local" and self.max_staleness):
+            raise ValueError(
+                "rl.rollout.threads sets the local generator process's threads: it needs "
+                "rl.rollout.engine: local and rl.rollout.max_staleness > 0"
+            )
+        if self.max_staleness and self.keep_adapters < self.max_staleness + 1:
+            object.__setattr__(self, "keep_adapters", self.max_staleness + 1)
         return self
 
 

@@ -2,7 +2,7 @@
 
 - **local** (default): the policy itself, in process, through
   :class:`~rmkit.generation.hf.HFBackend` (LoRA folded into the weights while generating,
-  optionally a bf16 copy; see :func:`rmkit.training.model.merged_lora`).
+  optionally a bf16 copy; see :func:`rmkit.models.lora.merged_lora`).
 - **server**: an OpenAI-compatible inference server with vLLM's extensions - vLLM, or
   ``rmkit serve`` - through :class:`~rmkit.generation.token_server.TokenServerBackend`. The
   server is found at ``rl.rollout.server.base_url`` or started for the run from
@@ -70,7 +70,7 @@ class LocalEngine:
         return {}
 
     def generate(self, run, convs: list[list[dict]], params) -> tuple[list[list[Any]], dict]:
-        from rmkit.training.model import merged_lora
+        from rmkit.models.lora import merged_lora
         from rmkit.training.rollout import rollout_dtype
 
         cfg = run.cfg
@@ -96,14 +96,22 @@ class ServerEngine:
 
     name = "server"
 
-    def __init__(self, run):
+    def __init__(self, run, server=None):
+        from concurrent.futures import ThreadPoolExecutor
+
         from rmkit.generation.token_server import TokenServerBackend
 
         cfg = run.cfg
         ro = cfg.rl.rollout
-        srv = ro.server
-        self.sync_every, self.keep = ro.sync_every, ro.keep_adapters
+        srv = server or ro.server
+        self.srv = srv
+        self.sync_every = ro.sync_every
+        self.keep = max(ro.keep_adapters or 2, ro.max_staleness + 1)
+        self.staleness = ro.max_staleness
         self.check_prompts = ro.check_prompt_ids
+        self.names: dict[int, str] = {}  # policy version -> the served name generating it
+        self.pending: set = set()  # futures of submitted rollouts
+        self._submitter = ThreadPoolExecutor(1, thread_name_prefix="rmkit-rollout")
         self.full = cfg.weights.mode == "full"
         if self.full and _tied_embeddings(run.loaded.model):
             log.warning(
@@ -116,9 +124,8 @@ class ServerEngine:
         digest = hashlib.sha256(str(run.out.resolve()).encode()).hexdigest()[:8]
         self.prefix = f"rmkit-{digest}"
         self.version: int | None = None
-        self.loaded_names: list[tuple[int, str]] = []
         self.process = None
-        main = run.accel.is_main_process
+        main = self.is_main = run.accel.is_main_process
         url = srv.base_url
         if srv.launch is not None:
             url = self._launch(run) if main else None
@@ -147,7 +154,7 @@ class ServerEngine:
         from rmkit.generation.launch import ServerProcess, free_port, server_command
 
         cfg = run.cfg
-        launch = cfg.rl.rollout.server.launch
+        launch = self.srv.launch
         port = launch.port or free_port(launch.host)
         host = "127.0.0.1" if launch.host in ("0.0.0.0", "::") else launch.host
         url = f"http://{host}:{port}/v1"
@@ -156,6 +163,8 @@ class ServerEngine:
             lora_rank=None if self.full else cfg.weights.lora.r,
             sync_root=str(self.sync_dir.resolve()), weight_reload=self.full,
         )  # fmt: skip
+        if self.staleness and "--logprobs-mode" not in argv:  # behaviour log-probs as sampled
+            argv += ["--logprobs-mode", "processed_logprobs"]
         self.sync_dir.mkdir(parents=True, exist_ok=True)
         self.process = ServerProcess(
             argv, env, url, run.out / SERVER_LOG, launch.kind, launch.stop_timeout_s
@@ -168,8 +177,13 @@ class ServerEngine:
         """Sync the weights when due; returns ``{"sync_s": seconds}`` when it synced."""
         if self.version is not None and run.step - self.version < self.sync_every:
             return {}
+        return self.sync(run, run.step)
+
+    def sync(self, run, version: int) -> dict[str, float]:
+        """Give the server the current weights as policy ``version`` (every process calls
+        this); returns ``{"sync_s": seconds}``."""
         with self._server_errors():
-            return self._sync(run)
+            return self._sync(run, version)
 
     @contextlib.contextmanager
     def _server_errors(self):
@@ -183,42 +197,45 @@ class ServerEngine:
                 self.process.check_alive("during the run")
             raise
 
-    def _sync(self, run) -> dict[str, float]:
+    def _sync(self, run, version: int) -> dict[str, float]:
         t0 = time.perf_counter()
-        version = run.step
         folder = self.sync_dir / f"v{version}"
         main = run.accel.is_main_process
         if self.full:
+            self.wait_pending()  # the server holds one set of weights: older rollouts first
             save_weights(run, folder)
             if main:
                 self.backend.reload_weights(str(folder.resolve()))
                 for old in self.sync_dir.glob("v*"):
                     if old != folder:
                         shutil.rmtree(old, ignore_errors=True)
-            name = self.base_name
+            self.names = {version: self.base_name}
         else:
             save_adapter(run, folder)
             name = f"{self.prefix}-v{version}"
-            if main:
-                if any(n == name for _, n in self.loaded_names):  # re-sync at the same step
+            if version in self.names:  # re-sync at the same step (e.g. after a resume)
+                if main:
                     self.backend.load_adapter(name, str(folder.resolve()), inplace=True)
-                else:
-                    self._retire(self.keep - 1)  # room for the new one: at most keep loaded
+            else:
+                self._retire(self.keep - 1, main)  # room for the new one: at most keep loaded
+                if main:
                     self.backend.load_adapter(name, str(folder.resolve()))
-                    self.loaded_names.append((version, name))
+                self.names[version] = name
         run.accel.wait_for_everyone()
         self.version = version
-        self.backend.model, self.backend.policy_version = name, version
+        self.backend.model, self.backend.policy_version = self.names[version], version
         seconds = time.perf_counter() - t0
-        log.debug("synced %s (version %d) in %.3fs", name, version, seconds)
+        log.debug("synced version %d in %.3fs", version, seconds)
         return {"sync_s": seconds}
 
-    def _retire(self, keep: int) -> None:
-        """Unload adapters (and delete their folders) beyond the newest ``keep``."""
-        while len(self.loaded_names) > keep:
-            version, name = self.loaded_names.pop(0)
-            self._unload(name)
-            shutil.rmtree(self.sync_dir / f"v{version}", ignore_errors=True)
+    def _retire(self, keep: int, main: bool) -> None:
+        """Unload adapters (and delete their folders) beyond the newest ``keep`` (every process
+        keeps the same book; the main process talks to the server)."""
+        for version in sorted(self.names)[: max(0, len(self.names) - keep)]:
+            name = self.names.pop(version)
+            if main:
+                self._unload(name)
+                shutil.rmtree(self.sync_dir / f"v{version}", ignore_errors=True)
 
     def _unload(self, name: str) -> None:
         try:
@@ -237,9 +254,38 @@ class ServerEngine:
     # ------------------------------------------------------------------ rollout
 
     def generate(self, run, convs: list[list[dict]], params) -> tuple[list[list[Any]], dict]:
-        before = dict(self.backend.stats)
+        """The current version's completions for ``convs`` (synchronous rollouts)."""
+        per_prompt, gen_s = self._generate(convs, params, self.version)
+        return self.checked(run, convs, per_prompt, gen_s, self.version)
+
+    def submit(self, convs: list[list[dict]], params, version: int):
+        """Start generating ``convs`` with policy ``version`` in the background; the future's
+        result is ``(per_prompt, server_gen_s)``. Check it with :meth:`checked`."""
+        if version not in self.names:
+            raise RmkitError(
+                f"policy version {version} is not on the server (have {sorted(self.names)})"
+            )
+        future = self._submitter.submit(self._generate, convs, params, version)
+        self.pending.add(future)
+        future.add_done_callback(self.pending.discard)
+        return future
+
+    def wait_pending(self) -> None:
+        """Block until every submitted rollout has finished (their errors surface later)."""
+        import concurrent.futures
+
+        concurrent.futures.wait(list(self.pending))
+
+    def _generate(self, convs, params, version):
+        before = self.backend.stats["server_gen_s"]
+        name = self.names.get(version, self.backend.model) if version is not None else None
         with self._server_errors():
-            per_prompt = self.backend.generate(convs, params)
+            per_prompt = self.backend.generate(convs, params, model=name, policy_version=version)
+        return per_prompt, self.backend.stats["server_gen_s"] - before
+
+    def checked(self, run, convs, per_prompt, gen_s: float, version) -> tuple[list, dict]:
+        """Check a rollout's prompt ids and tokens (main thread: the tokenizer is not shared
+        with a background thread) and return it with its stats."""
         if self.check_prompts:
             for conv, comps in zip(convs, per_prompt, strict=True):
                 check_prompt_ids(run.loaded, conv, comps[0].prompt_token_ids, self.backend.base_url)
@@ -255,19 +301,22 @@ class ServerEngine:
                             hint="use rl.rollout.engine: local (it forbids them) for this policy",
                         )
         stats = {
-            "server_gen_s": self.backend.stats["server_gen_s"] - before["server_gen_s"],
-            "policy_version": float(self.version if self.version is not None else -1),
-            "staleness": float(run.step - (self.version or 0)),
+            "server_gen_s": gen_s,
+            "policy_version": float(version if version is not None else -1),
+            "staleness": float(run.step - (version or 0)),
         }
         return per_prompt, stats
 
     def close(self) -> None:
+        submitter = getattr(self, "_submitter", None)
+        if submitter is not None:
+            submitter.shutdown(wait=True, cancel_futures=True)
         backend = getattr(self, "backend", None)
         if backend is not None:
-            if self.process is None and self.loaded_names:  # a server we did not start
-                for _, name in self.loaded_names:
+            if self.process is None and not self.full and self.is_main:  # not ours to stop
+                for name in self.names.values():
                     self._unload(name)
-                self.loaded_names = []
+                self.names = {}
             backend.close()
         if self.process is not None:
             self.process.stop()
@@ -278,8 +327,38 @@ ENGINES = {"local": LocalEngine, "server": ServerEngine}
 
 
 def make_engine(run):
-    """The rollout engine ``run.cfg.rl.rollout.engine`` names."""
-    return ENGINES[run.cfg.rl.rollout.engine](run)
+    """The rollout engine ``run.cfg.rl.rollout.engine`` names. The local engine with
+    asynchronous rollouts generates in a process of its own: a launched ``rmkit serve`` (see
+    :func:`local_generator`)."""
+    ro = run.cfg.rl.rollout
+    if ro.engine == "local" and ro.max_staleness:
+        return ServerEngine(run, server=local_generator(run))
+    return ENGINES[ro.engine](run)
+
+
+def local_generator(run):
+    """The server config of the local engine's generator process for asynchronous rollouts:
+    ``rmkit serve`` on the policy's base, with ``rl.rollout.threads`` CPU threads (default half
+    the machine's), the rest left to the trainer; adapters folded into the weights while
+    generating when ``rl.rollout.merge_lora``, the generation dtype ``rl.rollout.dtype``."""
+    import torch
+
+    from rmkit.generation.launch import LaunchConfig
+    from rmkit.training.config import RolloutServerConfig
+
+    cfg = run.cfg
+    ro = cfg.rl.rollout
+    cores = os.cpu_count() or 2
+    threads = ro.threads or max(1, cores // 2)
+    trainer = max(1, cores - threads)
+    if not torch.cuda.is_available():
+        torch.set_num_threads(trainer)
+    log.info("asynchronous local rollouts: a generator process with %d thread(s), the trainer "
+             "with %d", threads, trainer)  # fmt: skip
+    args = ["--merge-lora"] if ro.merge_lora and cfg.weights.mode == "lora" else []
+    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    launch = LaunchConfig(kind="rmkit", dtype=ro.dtype, args=args, env=env, ready_timeout_s=600)
+    return RolloutServerConfig(launch=launch)
 
 
 def save_adapter(run, folder: Path) -> Path:

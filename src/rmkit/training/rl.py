@@ -72,12 +72,17 @@ def rl_step(run: Run) -> tuple[dict[str, float], dict[str, Any]]:
 
     cfg, rl, accel, timer = run.cfg, run.cfg.rl, run.accel, StepTimer()
     algo = run.algorithm
-    # 1. rollout (a server engine first syncs the adapter when due)
-    sync = run.engine.prepare(run)
-    if sync:
-        timer.mark("sync")
-    epoch, batch = run.order.next_batch()
-    ro = make_rollout(run, [run.records[i] for i in shard(batch, run.rank, run.world)], epoch)
+    # 1. rollout (a server engine first syncs the weights when due; asynchronous rollouts
+    #    were submitted max_staleness steps ago)
+    queue = run.extras.get("queue")
+    if queue is not None:
+        ro, sync = queue.next()
+    else:
+        sync = run.engine.prepare(run)
+        if sync:
+            timer.mark("sync")
+        epoch, batch = run.order.next_batch()
+        ro = make_rollout(run, [run.records[i] for i in shard(batch, run.rank, run.world)], epoch)
     ro.stats.update(sync)
     timer.mark("rollout")
     # 2. rewards
@@ -91,7 +96,10 @@ def rl_step(run: Run) -> tuple[dict[str, float], dict[str, Any]]:
     need_old = (
         rl.updates_per_batch > 1 or len(parts) > 1 or (rl.kl.mode == "k1_reward" and rl.kl.coef > 0)
     )
-    old = old_logprobs(run.unwrapped, mbs, temp, share) if need_old else None
+    if queue is not None:  # the rollout policy's weights are gone: the engine's log-probs
+        old = [behaviour_logprobs(mb, ro.completions) for mb in mbs]
+    else:
+        old = old_logprobs(run.unwrapped, mbs, temp, share) if need_old else None
     ref = (
         reference_logprobs(run.unwrapped, run.reference, mbs, temp, share)
         if run.reference
@@ -112,7 +120,11 @@ def rl_step(run: Run) -> tuple[dict[str, float], dict[str, Any]]:
     )
     acc = _Acc(rl.updates_per_batch * len(parts))
     acc.lr = run.scheduler.get_last_lr()[0]
-    if old is not None and temp == 1.0:
+    # behaviour vs trainer log-probs of the same tokens: the engine's raw log-probs are at
+    # temperature 1; asynchronous rollouts' are as sampled (and from an older policy)
+    gap_from_old = old is not None and queue is None and temp == 1.0
+    gap_first_pass = (old is None and temp == 1.0) or queue is not None
+    if gap_from_old:
         for i, mb in enumerate(mbs):
             acc.behaviour_gap(mb, old[i], ro.completions)
     for update in range(rl.updates_per_batch):
@@ -123,7 +135,7 @@ def rl_step(run: Run) -> tuple[dict[str, float], dict[str, Any]]:
                 i = first[j] + k
                 with accumulate(run, last=k == len(part) - 1):
                     logp = completion_logprobs(run.model, mb, temp, share and run.world == 1)
-                    if old is None and temp == 1.0:  # one update: logp is the rollout policy's
+                    if u == 0 and gap_first_pass:  # before this step's first update
                         acc.behaviour_gap(mb, logp, ro.completions)
                     old_i = old[i] if old is not None else logp.detach()
                     tok_loss, st = policy_loss(
@@ -157,6 +169,42 @@ def rl_step(run: Run) -> tuple[dict[str, float], dict[str, Any]]:
         "kl": metrics.get("policy/kl"), "len": metrics["response/length"], "s/step": timer.total(),
     }  # fmt: skip
     return metrics, fields
+
+
+def behaviour_logprobs(mb, completions):
+    """The engine's log-probs of a micro-batch's completion tokens, laid out like its mask
+    ``(b, T)``; an error names the engine when it sent none."""
+    import torch
+
+    rows = completions[mb.rows]
+    out = torch.zeros(mb.mask.shape, dtype=torch.float32, device=mb.mask.device)
+    for i, c in enumerate(rows):
+        if c.token_logprobs is None or len(c.token_logprobs) != len(c.token_ids):
+            from rmkit.errors import RmkitError
+
+            raise RmkitError(
+                "asynchronous rollouts need the behaviour log-probs of every token, and the "
+                "rollout engine sent none",
+                hint="a server engine must return logprobs (vLLM and rmkit serve do)",
+            )
+        out[i, : len(c.token_logprobs)] = torch.tensor(c.token_logprobs)
+    return out
+
+
+def restore_hooks(run) -> None:
+    """On resume, give the checkpoint hooks (``run.extras["checkpoint_hooks"]``) the state saved
+    in the checkpoint the run resumed from (``hooks.json``: name -> state)."""
+    import json
+
+    from rmkit.training.checkpoint import CHECKPOINTS
+
+    if run.step == 0:
+        return
+    path = run.out / CHECKPOINTS / f"step-{run.step}" / "hooks.json"
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    for hook in run.extras.get("checkpoint_hooks", []):
+        if hook.name in saved:
+            hook.load_state_dict(saved[hook.name])
 
 
 def _logprob_temperature(rl) -> float:
@@ -368,6 +416,13 @@ def prepare_rl(cfg, resume: bool = False) -> Run:
     )
     try:
         run.extras["engine"] = make_engine(run)
+        if cfg.rl.rollout.max_staleness:
+            from rmkit.training.async_rollouts import RolloutQueue
+
+            queue = RolloutQueue(run, cfg.rl.rollout.max_staleness)
+            run.extras["queue"] = queue
+            run.extras.setdefault("checkpoint_hooks", []).append(queue)
+            restore_hooks(run)
         setup_eval(run)
     except BaseException:
         run.reward_fn.close()

@@ -41,9 +41,9 @@ def rollout_seed(seed: int, step: int, rank: int) -> int:
     return int(digest[:8], 16)
 
 
-def make_rollout(run, records: list[dict], epoch: int) -> Rollout:
-    """Render and generate ``cfg.batch.completions_per_prompt`` completions per record with
-    the run's rollout engine (:mod:`rmkit.training.engines`)."""
+def render_rollout(run, records: list[dict], epoch: int, step: int):
+    """``(orders, conversations, params)`` of step ``step``'s rollout: each record rendered with
+    the judge template in its seeded candidate order, sampled with the step's seed."""
     from rmkit.generation.base import SamplingParams
     from rmkit.prompts import render_judge_messages
     from rmkit.training.data import judge_order
@@ -54,21 +54,33 @@ def make_rollout(run, records: list[dict], epoch: int) -> Rollout:
         render_judge_messages(r, o, run.template, image_root=run.image_root)
         for r, o in zip(records, orders, strict=True)
     ]
-    group = cfg.batch.completions_per_prompt
     params = SamplingParams(
-        n=group,
+        n=cfg.batch.completions_per_prompt,
         temperature=cfg.rl.temperature,
         top_p=cfg.rl.top_p,
         max_new_tokens=cfg.rl.max_new_tokens,
-        seed=rollout_seed(cfg.seed, run.step, run.rank),
+        seed=rollout_seed(cfg.seed, step, run.rank),
     )
+    return orders, convs, params
+
+
+def make_rollout(run, records: list[dict], epoch: int) -> Rollout:
+    """Render and generate ``cfg.batch.completions_per_prompt`` completions per record with
+    the run's rollout engine (:mod:`rmkit.training.engines`), now."""
+    orders, convs, params = render_rollout(run, records, epoch, run.step)
     per_prompt, stats = run.engine.generate(run, convs, params)
+    return assemble_rollout(records, orders, convs, per_prompt, stats, params.n)
+
+
+def assemble_rollout(records, orders, convs, per_prompt, stats: dict, group: int) -> Rollout:
+    """A :class:`Rollout` from an engine's completions (each must carry token ids)."""
     completions = [c for row in per_prompt for c in row]
     for c in completions:
         if not c.token_ids:
             from rmkit.errors import RmkitError
 
             raise RmkitError("the generation backend returned a completion without token ids")
+    stats = dict(stats)
     stats["generated_tokens"] = sum(len(c.token_ids) for c in completions)
     return Rollout(records, orders, convs, completions, group, stats)
 

@@ -207,3 +207,61 @@ def test_startup_adapter_stays_the_base_of_runtime_ones(adapters, tiny_text_mode
         assert _same(_chat(srv, "tuned"), with_a1)
         assert post(srv.url + "/unload_lora_adapter", {"lora_name": "next"})[0] == 200
         assert _same(_chat(srv, "tuned"), with_a1)
+
+
+def test_merged_adapter_and_processed_logprobs(adapters, tiny_text_model):
+    """``--merge-lora`` generates what the unmerged adapter generates (to float rounding), and
+    ``--logprobs-mode processed_logprobs`` reports log-probs after temperature and top-p."""
+    import math
+
+    from rmkit.models.loading import load_model
+    from rmkit.serve import build_app
+    from rmkit.serve.server import ModelServer
+
+    root = adapters[0]
+    body = {"model": "a1", "messages": CONV, "return_token_ids": True, "max_tokens": 8,
+            "logprobs": True, "temperature": 0.7, "top_p": 0.8, "seed": 5}  # fmt: skip
+    outs = {}
+    for merge, mode in [
+        (False, "raw_logprobs"),
+        (True, "raw_logprobs"),
+        (False, "processed_logprobs"),
+    ]:
+        app = build_app(
+            "tiny-llama", loaded=load_model(str(tiny_text_model)), device="cpu",
+            enable_lora=True, lora_root=str(root), merge_lora=merge, logprobs_mode=mode,
+        )  # fmt: skip
+        with ModelServer(app, "127.0.0.1", 0) as srv:
+            status, _, _ = post(
+                srv.url + "/load_lora_adapter", {"lora_name": "a1", "lora_path": str(root / "a1")}
+            )
+            assert status == 200
+            status, out, _ = post(srv.url + "/chat/completions", body)
+            assert status == 200, out
+            outs[(merge, mode)] = out["choices"][0]
+    plain, merged = outs[(False, "raw_logprobs")], outs[(True, "raw_logprobs")]
+    processed = outs[(False, "processed_logprobs")]
+    assert merged["token_ids"] == plain["token_ids"] == processed["token_ids"]
+    raw = [e["logprob"] for e in plain["logprobs"]["content"]]
+    assert [e["logprob"] for e in merged["logprobs"]["content"]] == pytest.approx(raw, abs=1e-5)
+    # processed: tempered at 0.7 and renormalised over the top-p nucleus, so each sampled token
+    # is at least as likely as under the raw distribution; the first token checked by hand
+    proc = [e["logprob"] for e in processed["logprobs"]["content"]]
+    assert all(p >= r - 1e-6 for p, r in zip(proc, raw, strict=True)) and proc != raw
+    local = load_model(str(tiny_text_model))
+    from peft import PeftModel
+
+    from rmkit.models.chat import prepare_inputs
+
+    model = PeftModel.from_pretrained(local.model, str(root / "a1")).eval()
+    ids = prepare_inputs(local, [CONV])["input_ids"]
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, -1].float() / 0.7
+    probs = torch.softmax(logits, dim=-1)
+    sorted_p, order = probs.sort(descending=True)
+    keep = sorted_p.cumsum(0) - sorted_p < 0.8  # the nucleus: tokens until 0.8 is reached
+    nucleus = order[keep]
+    first = plain["token_ids"][0]
+    assert first in nucleus.tolist()
+    expected = math.log(float(probs[first]) / float(probs[nucleus].sum()))
+    assert proc[0] == pytest.approx(expected, abs=1e-4)

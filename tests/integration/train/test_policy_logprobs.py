@@ -102,7 +102,7 @@ def test_shared_prompt_pass_gives_the_same_logprobs_and_gradients(policy):
 
 
 def test_folding_lora_for_generation_is_exact_and_undone(policy):
-    from rmkit.training.model import merged_lora
+    from rmkit.models.lora import merged_lora
 
     model = policy.model.eval()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -121,7 +121,7 @@ def test_folding_lora_for_generation_is_exact_and_undone(policy):
 
 
 def test_bf16_rollout_copy_runs_in_bf16_and_restores_fp32_weights(policy):
-    from rmkit.training.model import merged_lora
+    from rmkit.models.lora import merged_lora
     from rmkit.training.rollout import rollout_dtype
 
     model = policy.model.eval()

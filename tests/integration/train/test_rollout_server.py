@@ -254,9 +254,9 @@ def test_local_engine_generates_as_the_policy_did_before_engines(tmp_path):
     from rmkit.config.kinds import load_config
     from rmkit.generation.base import SamplingParams
     from rmkit.generation.hf import HFBackend
+    from rmkit.models.lora import merged_lora
     from rmkit.prompts import render_judge_messages
     from rmkit.training.data import judge_order
-    from rmkit.training.model import merged_lora
     from rmkit.training.rl import prepare_rl
     from rmkit.training.rollout import make_rollout, rollout_seed
 
