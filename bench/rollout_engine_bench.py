@@ -55,10 +55,14 @@ ENGINES = [
             },
         },
     ),
+    (
+        "local, max_staleness 1 (generator process, 1 thread each)",
+        {"engine": "local", "max_staleness": 1},
+    ),
 ]
 
 
-def config(n: int, max_new: int, rollout: dict):
+def config(n: int, max_new: int, rollout: dict, prompts: int = 1):
     from rmkit.config.kinds import load_config
 
     out = Path(tempfile.mkdtemp(prefix="rmkit-engine-bench-"))
@@ -66,7 +70,7 @@ def config(n: int, max_new: int, rollout: dict):
         "kind": "train", "stage": "rl", "model": {"spec": "smollm2-135m", "dtype": "float32"},
         "weights": {"mode": "lora", "lora": {"r": 16, "alpha": 32, "dropout": 0.0}},
         "data": {"path": str(PREFS)},
-        "batch": {"prompts_per_step": 1, "completions_per_prompt": n, "micro_batch_per_device": n},
+        "batch": {"prompts_per_step": prompts, "completions_per_prompt": n, "micro_batch_per_device": n},
         "rl": {"algorithm": "grpo", "max_new_tokens": max_new, "temperature": 1.0,
                "kl": {"mode": "none"}, "rollout": rollout},
         "rewards": {"preset": "unified-think"}, "optim": {"lr": 1e-5, "scheduler": "constant"},
@@ -98,10 +102,15 @@ def bare_request_s(backend, conv, params, salt: bool) -> float:
     return time.perf_counter() - t
 
 
-def run_engine(name: str, rollout: dict, steps: int, n: int, max_new: int) -> list[dict]:
+def run_engine(
+    name: str, rollout: dict, steps: int, n: int, max_new: int, prompts: int = 1
+) -> list[dict]:
+    import torch
+
     from rmkit.training.rl import prepare_rl, rl_step
 
-    run = prepare_rl(config(n, max_new, rollout))
+    threads = torch.get_num_threads()
+    run = prepare_rl(config(n, max_new, rollout, prompts))
     engine = run.engine
     rows = []
     try:
@@ -128,6 +137,7 @@ def run_engine(name: str, rollout: dict, steps: int, n: int, max_new: int) -> li
     finally:
         run.reward_fn.close()
         engine.close()
+        torch.set_num_threads(threads)  # an asynchronous local run lent a thread to its generator
     return rows
 
 
@@ -153,6 +163,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--completions", type=int, default=8)
+    ap.add_argument("--prompts", type=int, default=1, help="prompts per step")
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--engines", default="0,1,2", help="indices into ENGINES")
     ap.add_argument("--output", type=Path, default=RESULTS)
@@ -161,14 +172,16 @@ def main() -> None:
     results = []
     for i in (int(x) for x in args.engines.split(",")):
         name, rollout = ENGINES[i]
-        rows = run_engine(name, rollout, args.steps, args.completions, args.max_new_tokens)
+        rows = run_engine(
+            name, rollout, args.steps, args.completions, args.max_new_tokens, args.prompts
+        )
         results.append((name, summarise(rows)))
     lines = [
         "# RL step time by rollout engine",
         "",
         f"Run {dt.datetime.now():%Y-%m-%d %H:%M} on {platform.node()} ({os.cpu_count()} CPUs), "
         f"`python bench/rollout_engine_bench.py --steps {args.steps}`. SmolLM2-135M-Instruct "
-        f"fp32, LoRA r16 all-linear, GRPO, 1 prompt x {args.completions} completions of <= "
+        f"fp32, LoRA r16 all-linear, GRPO, {args.prompts} prompt(s) x {args.completions} completions of <= "
         f"{args.max_new_tokens} tokens, temperature 1; mean of {args.steps} steps after one "
         "warm-up step. Seconds per step. Servers are started by rmkit (launch block).",
         "",

@@ -34,6 +34,8 @@ def main() -> None:
     )
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--completions", type=int, default=8)
+    ap.add_argument("--prompts", type=int, default=1, help="prompts per step")
+    ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast (TRL's default)")
@@ -55,8 +57,11 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     with open(args.prompt_json) as fh:
-        conversation = json.load(fh)
-    data = Dataset.from_list([{"prompt": conversation}] * (args.steps + 1))
+        loaded = json.load(fh)
+    # one conversation, or a list of them (used in turn)
+    convs = loaded if loaded and isinstance(loaded[0], list) else [loaded]
+    rows = [{"prompt": convs[i % len(convs)]} for i in range(args.prompts * (args.steps + 1))]
+    data = Dataset.from_list(rows)
 
     def length_reward(completions, **kwargs):
         return [float(len(c[0]["content"]) % 7) for c in completions]
@@ -99,10 +104,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as out:
         config = GRPOConfig(
             output_dir=out,
-            per_device_train_batch_size=args.completions,
+            per_device_train_batch_size=args.completions * args.prompts,
             num_generations=args.completions,
             max_completion_length=args.max_new_tokens,
-            temperature=1.0,
+            temperature=args.temperature,
             beta=0.0,
             learning_rate=1e-5,
             gradient_accumulation_steps=1,

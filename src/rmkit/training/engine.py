@@ -3,8 +3,9 @@ bookkeeping (metrics, progress, checkpoints) and the final output.
 
 Processes come from ``accelerate launch`` / ``torchrun`` (or a plain single process); the
 ``Accelerator`` picks gloo on CPU and NCCL on GPUs. Every process runs the same loop on its own
-share of the data; gradients are averaged by the data-parallel wrapper. Only the main process
-writes files and shows progress.
+share of the data; gradients are averaged by the data-parallel wrapper (DDP, FSDP or DeepSpeed;
+:mod:`rmkit.training.sharding`). Only the main process writes files and shows progress.
+Periodic checkpoints (:mod:`rmkit.training.checkpoint`) cover every sharding mode.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ class Run:
     step: int = 0
     reference: Any = None
     extras: dict[str, Any] = field(default_factory=dict)
+    fsdp: list = field(default_factory=list)  # FSDP2 modules of the model, root first
+    resumed_from: Path | None = None  # the checkpoint this run resumed from
+    resume_state: dict[str, Any] = field(default_factory=dict)  # its state.json
 
     @property
     def rank(self) -> int:
@@ -79,16 +83,20 @@ def all_max(accel, values: list[float]) -> list[float]:
 
 
 def make_accelerator(cfg):
-    """The Accelerator for this launch (CPU/gloo without CUDA), DeepSpeed batch sizes set."""
+    """The Accelerator for this launch (CPU/gloo without CUDA), DeepSpeed batch sizes set.
+
+    FSDP asked for on a CPU-only launch is applied by rmkit (see :mod:`rmkit.training.sharding`).
+    """
     import torch
-    from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
+
+    from rmkit.training.sharding import describe, make
 
     vision_full = cfg.weights.mode == "full" and not (
         cfg.weights.freeze_vision_tower and cfg.weights.freeze_projector
     )
     ddp = DistributedDataParallelKwargs(find_unused_parameters=vision_full)
-    accel = Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp])
+    accel = make(torch.cuda.is_available(), kwargs_handlers=[ddp])
     if not accel.is_main_process:
         logging.getLogger("rmkit").setLevel(logging.WARNING)
     plugin = getattr(accel.state, "deepspeed_plugin", None)
@@ -102,20 +110,29 @@ def make_accelerator(cfg):
             gradient_clipping=cfg.optim.max_grad_norm or 0.0,
         )
     log.info(
-        "%d process(es), %s, device %s", accel.num_processes, accel.distributed_type, accel.device
+        "%d process(es), %s, device %s; sharding: %s",
+        accel.num_processes,
+        accel.distributed_type,
+        accel.device,
+        describe(accel),
     )
-    if sharded(accel) and cfg.checkpoint.every_steps:
-        log.warning("periodic checkpoints are written for single-process and DDP runs only")
     return accel
 
 
 def sharded(accel) -> bool:
-    """DeepSpeed or FSDP: optimizer state is sharded; periodic checkpoints are not written."""
-    return str(accel.distributed_type).endswith(("DEEPSPEED", "FSDP"))
+    """DeepSpeed or FSDP: parameters or optimizer state are split over the processes."""
+    from rmkit.training.sharding import NONE, mode
+
+    return mode(accel) != NONE
 
 
 def uses_deepspeed(accel) -> bool:
     return str(accel.distributed_type).endswith("DEEPSPEED")
+
+
+def _reshard_after_forward(accel) -> bool:
+    plugin = getattr(accel.state, "fsdp_plugin", None)
+    return bool(getattr(plugin, "reshard_after_forward", True)) if plugin is not None else True
 
 
 @contextlib.contextmanager
@@ -129,6 +146,11 @@ def accumulate(run: Run, last: bool):
             yield
         finally:
             accel.gradient_state._set_sync_gradients(True)
+    elif run.fsdp:
+        from rmkit.training.sharding import training_pass
+
+        training_pass(run.fsdp, sync=last, reshard=_reshard_after_forward(accel))
+        yield
     elif last:
         yield
     else:
@@ -169,6 +191,7 @@ def setup_run(cfg, resume: bool, select=None) -> Run:
     from rmkit.training.metrics import MetricsLogger
     from rmkit.training.model import build_policy, build_reference, disable_dropout
     from rmkit.training.optim import build_optimizer, build_scheduler
+    from rmkit.training.sharding import fsdp2_modules, gather_params, shard_model
     from rmkit.utils.io import write_text_atomic
 
     out = Path(cfg.output)
@@ -193,23 +216,25 @@ def setup_run(cfg, resume: bool, select=None) -> Run:
     if cfg.stage == "rl":
         disable_dropout(loaded.model)
     reference = build_reference(cfg, loaded, accel.device)
+    own_fsdp = getattr(accel, "rmkit_fsdp2", False)  # FSDP on the CPU: rmkit shards
+    if own_fsdp:
+        shard_model(loaded.model, accel)  # before the optimizer takes the (sharded) parameters
     optimizer = build_optimizer(loaded.model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, steps * cfg.optimizer_steps_per_step)
-    model, optimizer = accel.prepare(loaded.model, optimizer)
+    model = loaded.model
+    if not own_fsdp:
+        model, optimizer = accel.prepare(model, optimizer)
     torch.manual_seed(cfg.seed + 1000 * accel.process_index)
-    step, resume_at = 0, None
+    step, resume_at, state = 0, None, {}
     ckpt = latest_checkpoint(out) if resume else None
     if ckpt is not None:
-        if sharded(accel):
-            raise RmkitError(
-                f"--resume is supported for single-process and DDP runs, not {accel.distributed_type}",
-                hint="start a new run, or train with the DDP config",
-            )
         state = load_checkpoint(accel, model, optimizer, scheduler, ckpt)
         order.load_state(state)
         step, resume_at = int(state["step"]), (int(state["metrics_offset"]), int(state["step"]))
     elif resume:
         log.info("no checkpoint in %s: starting from step 0", out)
+    fsdp = fsdp2_modules(model)
+    gather_params(fsdp)  # whole weights for rollouts until the first training pass
     if accel.is_main_process:
         import yaml
 
@@ -220,6 +245,7 @@ def setup_run(cfg, resume: bool, select=None) -> Run:
     return Run(
         cfg, accel, loaded, model, optimizer, scheduler, order, records,
         image_root, out, steps, logger, step, reference,
+        fsdp=fsdp, resumed_from=ckpt, resume_state=state,
     )  # fmt: skip
 
 
@@ -232,15 +258,17 @@ def optimizer_step(run: Run) -> float:
         run.scheduler.step()
         norm = run.model.get_global_grad_norm()
         return float(norm) if norm is not None else float("nan")
+    from rmkit.training.sharding import to_float
+
     max_norm = run.cfg.optim.max_grad_norm
     params = [p for p in run.model.parameters() if p.requires_grad]
     if max_norm is not None:
-        norm = float(run.accel.clip_grad_norm_(params, max_norm))
+        norm = to_float(run.accel.clip_grad_norm_(params, max_norm))
     else:
         import torch
 
-        grads = [p.grad.detach().norm() for p in params if p.grad is not None]
-        norm = float(torch.stack(grads).norm()) if grads else 0.0
+        grads = [p.grad.detach() for p in params if p.grad is not None]
+        norm = to_float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
     run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
@@ -251,14 +279,16 @@ def after_step(run: Run, metrics: dict[str, float], bar, fields: dict[str, Any])
     """Log (every N steps), update progress, checkpoint (every N steps)."""
     from rmkit.training.checkpoint import save_checkpoint
     from rmkit.training.evaluate import maybe_evaluate
+    from rmkit.training.sharding import gather_params
 
     cfg = run.cfg
+    gather_params(run.fsdp)  # FSDP2: whole weights for evaluation and the next rollout
     maybe_evaluate(run, metrics)
     if run.step % cfg.logging.every_steps == 0 or run.step == run.total_steps:
         run.logger.log(run.step, metrics)
     bar.update(1, **{k: v for k, v in fields.items() if v is not None})
     every = cfg.checkpoint.every_steps
-    if every and run.step % every == 0 and run.step < run.total_steps and not sharded(run.accel):
+    if every and run.step % every == 0 and run.step < run.total_steps:
         state = {"output": str(run.out), "metrics_offset": run.logger.offset(), **run.order.state()}
         save_checkpoint(
             run.accel,
@@ -268,7 +298,32 @@ def after_step(run: Run, metrics: dict[str, float], bar, fields: dict[str, Any])
             run.step,
             state,
             cfg.checkpoint.keep_last,
+            hooks=run.extras.get("checkpoint_hooks") or (),
         )
+
+
+def add_checkpoint_hook(run: Run, hook: Any) -> None:
+    """Register ``hook`` (``name``, ``state_dict() -> dict`` of JSON, ``load_state_dict(d)``)
+    so every checkpoint saves its state; on a resumed run its saved state is restored now.
+    Call it on every process, before the first step of the loop."""
+    run.extras.setdefault("checkpoint_hooks", []).append(hook)
+    restore_checkpoint_hooks(run)
+
+
+def restore_checkpoint_hooks(run: Run) -> list[str]:
+    """Restore the hooks in ``run.extras["checkpoint_hooks"]`` not restored yet from the
+    checkpoint this run resumed from (for hooks appended to the list directly; call it before
+    the first step). Returns the names restored."""
+    from rmkit.training.checkpoint import load_hooks
+
+    done = run.extras.setdefault("_restored_hooks", set())
+    todo = [h for h in run.extras.get("checkpoint_hooks") or () if id(h) not in done]
+    if run.resumed_from is None or not todo:
+        done.update(id(h) for h in todo)
+        return []
+    names = load_hooks(run.resumed_from, todo)
+    done.update(id(h) for h in todo)
+    return names
 
 
 def finish(run: Run) -> dict[str, Any]:

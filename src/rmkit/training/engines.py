@@ -328,37 +328,14 @@ ENGINES = {"local": LocalEngine, "server": ServerEngine}
 
 def make_engine(run):
     """The rollout engine ``run.cfg.rl.rollout.engine`` names. The local engine with
-    asynchronous rollouts generates in a process of its own: a launched ``rmkit serve`` (see
-    :func:`local_generator`)."""
+    asynchronous rollouts generates in a process of its own
+    (:class:`rmkit.training.generator.GeneratorEngine`)."""
     ro = run.cfg.rl.rollout
     if ro.engine == "local" and ro.max_staleness:
-        return ServerEngine(run, server=local_generator(run))
+        from rmkit.training.generator import GeneratorEngine
+
+        return GeneratorEngine(run)
     return ENGINES[ro.engine](run)
-
-
-def local_generator(run):
-    """The server config of the local engine's generator process for asynchronous rollouts:
-    ``rmkit serve`` on the policy's base, with ``rl.rollout.threads`` CPU threads (default half
-    the machine's), the rest left to the trainer; adapters folded into the weights while
-    generating when ``rl.rollout.merge_lora``, the generation dtype ``rl.rollout.dtype``."""
-    import torch
-
-    from rmkit.generation.launch import LaunchConfig
-    from rmkit.training.config import RolloutServerConfig
-
-    cfg = run.cfg
-    ro = cfg.rl.rollout
-    cores = os.cpu_count() or 2
-    threads = ro.threads or max(1, cores // 2)
-    trainer = max(1, cores - threads)
-    if not torch.cuda.is_available():
-        torch.set_num_threads(trainer)
-    log.info("asynchronous local rollouts: a generator process with %d thread(s), the trainer "
-             "with %d", threads, trainer)  # fmt: skip
-    args = ["--merge-lora"] if ro.merge_lora and cfg.weights.mode == "lora" else []
-    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    launch = LaunchConfig(kind="rmkit", dtype=ro.dtype, args=args, env=env, ready_timeout_s=600)
-    return RolloutServerConfig(launch=launch)
 
 
 def save_adapter(run, folder: Path) -> Path:

@@ -23,6 +23,17 @@ def setup_eval(run) -> None:
     ev = cfg.eval
     if not ev.every_steps:
         return
+    from rmkit.training.sharding import mode
+
+    if mode(run.accel) == "deepspeed-zero3":
+        from rmkit.errors import RmkitError
+
+        raise RmkitError(
+            "eval.every_steps: in-training evaluation generates on the main process alone, "
+            "which DeepSpeed ZeRO-3's partitioned weights do not allow",
+            hint="remove eval.every_steps and evaluate the final output with rmkit eval, or use "
+            "ZeRO-2 / FSDP",
+        )
     from rmkit.data.records import load_records
     from rmkit.prompts import get_template
     from rmkit.training.data import records_file

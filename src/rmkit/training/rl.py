@@ -45,7 +45,7 @@ from rmkit.training.engine import (
 log = logging.getLogger(__name__)
 
 # Rollout timings an engine may report (seconds; the step's slowest process is logged).
-ROLLOUT_TIMES = ("prefill_s", "decode_s", "sync_s", "server_gen_s")
+ROLLOUT_TIMES = ("prefill_s", "decode_s", "sync_s", "server_gen_s", "generator_s")
 
 
 def effective_algorithm(rl):
@@ -169,6 +169,23 @@ def rl_step(run: Run) -> tuple[dict[str, float], dict[str, Any]]:
         "kl": metrics.get("policy/kl"), "len": metrics["response/length"], "s/step": timer.total(),
     }  # fmt: skip
     return metrics, fields
+
+
+def check_generation_fits(run) -> None:
+    """In-process generation on ZeRO-3-partitioned weights would need every process at every
+    decoding step (the processes generate different numbers of tokens and would wait on each
+    other forever): refuse it with the settings that work."""
+    from rmkit.errors import RmkitError
+    from rmkit.training.sharding import mode
+
+    ro = run.cfg.rl.rollout
+    if mode(run.accel) == "deepspeed-zero3" and ro.engine == "local" and not ro.max_staleness:
+        raise RmkitError(
+            "DeepSpeed ZeRO-3 partitions the weights, so the local rollout engine cannot "
+            "generate in the training processes",
+            hint="use rl.rollout.engine: server (e.g. server: {launch: {kind: vllm}}, as the "
+            "full-scale recipes do), rl.rollout.max_staleness: 1, or ZeRO-2",
+        )
 
 
 def behaviour_logprobs(mb, completions):
@@ -402,6 +419,7 @@ def prepare_rl(cfg, resume: bool = False) -> Run:
     from rmkit.training.rollout import suppress_media_tokens
 
     run = setup_run(cfg, resume, prompt_filter(cfg))
+    check_generation_fits(run)
     run.extras["media_ids"] = suppress_media_tokens(run.loaded)
     run.extras.update(
         algorithm=effective_algorithm(cfg.rl),

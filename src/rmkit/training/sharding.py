@@ -30,6 +30,7 @@ DDP does.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 from typing import Any
@@ -63,6 +64,7 @@ def accelerator_kwargs(cuda: bool) -> dict[str, Any]:
     return {"cpu": not cuda, "kwargs_handlers": []}
 
 
+@functools.cache
 def _accelerator_class():
     from accelerate import Accelerator
 
@@ -135,6 +137,11 @@ def shard_model(model, accel) -> int:
     from rmkit.errors import RmkitError
 
     root = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(root, "is_loaded_in_4bit", False) or getattr(root, "is_loaded_in_8bit", False):
+        raise RmkitError(
+            "FSDP on the CPU cannot shard quantized (QLoRA) weights",
+            hint="train QLoRA with data parallel processes (recipes/accelerate/cpu-2proc.yaml)",
+        )
     names = {
         n.strip()
         for n in os.environ.get("FSDP_TRANSFORMER_CLS_TO_WRAP", "").split(",")
@@ -147,12 +154,13 @@ def shard_model(model, accel) -> int:
             hint="set FSDP_TRANSFORMER_CLS_TO_WRAP (fsdp_transformer_layer_cls_to_wrap) to the "
             "model's decoder layer class",
         )
+    kinds = "/".join(sorted({type(m).__name__ for m in layers}))
     mesh = init_device_mesh(accel.device.type, (accel.num_processes,))
     for layer in layers:
         fully_shard(layer, mesh=mesh)
     fully_shard(root, mesh=mesh)
-    log.info("FSDP2: %d %s layer(s) and the root sharded over %d processes",
-             len(layers), "/".join(sorted({type(m).__name__ for m in layers})),
+    log.info("FSDP2: %d %s layer(s) and the root (%s) sharded over %d processes",
+             len(layers), kinds, type(root).__name__.removeprefix("FSDP"),
              accel.num_processes)  # fmt: skip
     return len(layers)
 

@@ -1,7 +1,7 @@
 """Asynchronous rollouts with bounded staleness (``rl.rollout.max_staleness``) on tiny-llama.
 
-With the local engine the rollouts come from a generator process of their own (a launched
-``rmkit serve``). Step t's rollout must be exactly what the policy after step t - K generates:
+With the local engine the rollouts come from a generator process of its own, which generates
+exactly as the synchronous local engine would with the same weights. Step t's rollout must be exactly what the policy after step t - K generates:
 the test regenerates it from the checkpoint of that step and compares the tokens.
 """
 
@@ -81,15 +81,16 @@ def test_rollout_of_step_t_is_the_policy_after_step_t_minus_1(tmp_path):
                 for n, v in saved.items():
                     params[n].copy_(v)
                 moved = max(moved, max(float((saved[n] - initial[n]).abs().max()) for n in saved))
-        backend = HFBackend(policy, batch_size=1)
+        # what the synchronous local engine generates with these weights: the step's prompts
+        # in one call, seeded with the rollout's own step's seed
+        backend = HFBackend(policy, batch_size=cfg.sequences_per_device)
         samples = _rows(out, step)
-        seed = rollout_seed(cfg.seed, step - 1, 0)  # the rollout's own step's seed
-        for i, sample in enumerate(samples):  # one request per prompt, seed + its index
-            params = SamplingParams(
-                n=1, temperature=1.0, max_new_tokens=cfg.rl.max_new_tokens, seed=seed + i
-            )
-            again = backend.generate([sample["prompt"]], params)[0][0]
-            assert again.token_ids == sample["token_ids"], (step, i)
+        params = SamplingParams(
+            n=1, temperature=1.0, max_new_tokens=cfg.rl.max_new_tokens,
+            seed=rollout_seed(cfg.seed, step - 1, 0),
+        )  # fmt: skip
+        again = backend.generate([s["prompt"] for s in samples], params)
+        assert [r[0].token_ids for r in again] == [s["token_ids"] for s in samples], step
         assert {s["policy_version"] for s in samples} == {version}
     assert moved > 1e-3  # the policy really changed between versions
 

@@ -316,3 +316,22 @@ def test_two_processes_with_a_launched_server_equal_two_local(tmp_path, tiny_tex
     a, b = final_weights(local / "final"), final_weights(server / "final")
     assert max_diff(a, b) <= 1e-6
     assert "=== rmkit: server stopped" in (server / "server.log").read_text()
+
+
+def test_asynchronous_rollouts_through_a_server(tmp_path, tiny_server, lora_root):
+    """max_staleness 1 with rmkit serve: step t's requests were sent with the adapter of
+    version t - 1 while step t - 1 trained; both versions stay loaded meanwhile."""
+    adapters = lora_root / "async"
+    out = train(
+        RECIPE, tmp_path / "run", *COMMON, "rl.temperature=1.0", "rl.top_p=1.0",
+        "max_steps=4", _server_args(tiny_server.url, adapters), "rl.rollout.max_staleness=1",
+    )  # fmt: skip
+    rows = metrics(out)
+    assert [r["rollout/policy_version"] for r in rows] == [0.0, 0.0, 1.0, 2.0]
+    assert [r["rollout/staleness"] for r in rows] == [0.0, 1.0, 1.0, 1.0]
+    # the server's raw log-probs equal the sampled ones at temperature 1, top_p 1: same weights
+    # at the first step, the policy's drift after it
+    assert rows[0]["rollout/logprob_gap_max"] < 1e-4
+    for step in (1, 2, 3, 4):
+        samples = [json.loads(x) for x in (out / "samples" / f"step-{step}.jsonl").open()]
+        assert {s["policy_version"] for s in samples} == {max(0, step - 2)}
