@@ -87,6 +87,21 @@ def vllm_python(configured: str | None = None) -> str:
     )
 
 
+def served_name(spec: str) -> str:
+    """The name a launched server lists a model under: a folder's name, or the spec itself
+    (a built-in name; a hub id with ``/`` spelled ``--``)."""
+    spec = str(spec)
+    name = Path(spec).name if os.sep in spec and Path(spec).expanduser().exists() else spec
+    return name.replace("/", "--") or "policy"
+
+
+def address(launch: LaunchConfig) -> tuple[int, str]:
+    """``(port, base URL)`` a launched server will answer at (a free port for port 0)."""
+    port = launch.port or free_port(launch.host)
+    host = "127.0.0.1" if launch.host in ("0.0.0.0", "::") else launch.host
+    return port, f"http://{host}:{port}/v1"
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
@@ -104,6 +119,7 @@ def server_command(
     sync_root: str | None,
     weight_reload: bool = False,
     adapter: str | None = None,
+    logprobs_mode: str | None = None,
 ) -> tuple[list[str], dict[str, str]]:
     """(argv, extra environment) that start ``cfg.kind`` serving ``model_dir`` on ``port``.
 
@@ -113,7 +129,9 @@ def server_command(
     the folder adapters and weights are read from (rmkit serve refuses any other).
     ``adapter``: a PEFT adapter folder served on top of the model from the start (rmkit serve
     applies it to ``served_name``; vLLM serves it as the LoRA module ``served_name``, so the
-    base model gets ``<served_name>-base``).
+    base model gets ``<served_name>-base``). ``logprobs_mode``: what ``logprobs`` report
+    (``raw_logprobs`` or ``processed_logprobs``, the same flag for both kinds; default the
+    server's own, raw).
     """
     dtype = cfg.dtype or dtype
     if cfg.kind == "vllm":
@@ -159,6 +177,8 @@ def server_command(
             argv += ["--enable-weight-reload"] + (
                 ["--weights-root", sync_root] if sync_root else []
             )
+    if logprobs_mode:
+        argv += ["--logprobs-mode", logprobs_mode]
     env.update(cfg.env)
     return argv + list(cfg.args), env
 
@@ -186,10 +206,8 @@ def launch_backend(cfg, server_log: str | Path | None = None, **extra):
 
     launch = cfg.launch
     folder = str(resolve_model(cfg.model))
-    name = Path(cfg.model).name if os.sep in str(cfg.model) else str(cfg.model)
-    port = launch.port or free_port(launch.host)
-    host = "127.0.0.1" if launch.host in ("0.0.0.0", "::") else launch.host
-    url = f"http://{host}:{port}/v1"
+    name = served_name(cfg.model)
+    port, url = address(launch)
     adapter = str(Path(cfg.adapter).expanduser().resolve()) if cfg.adapter else None
     argv, env = server_command(
         launch, folder, name, port, dtype=cfg.dtype, lora_rank=None, sync_root=None,

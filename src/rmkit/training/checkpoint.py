@@ -300,25 +300,16 @@ def hooks_state(hooks: Sequence[Any]) -> dict[str, Any]:
     return out
 
 
-def load_hooks(folder: Path, hooks: Sequence[Any]) -> list[str]:
-    """Restore each hook saved in ``folder/hooks.json``; returns the names restored."""
+def load_hook(folder: Path, hook: Any) -> bool:
+    """Restore ``hook`` from ``folder/hooks.json``; False (with a warning) when it holds no
+    state for it."""
     path = Path(folder) / HOOKS
     saved = read_json(path) if path.is_file() else {}
-    done = []
-    for hook in hooks:
-        if hook.name in saved:
-            hook.load_state_dict(saved[hook.name])
-            done.append(hook.name)
-        else:
-            log.warning(
-                "checkpoint %s holds no state for hook %r: it starts fresh", folder, hook.name
-            )
-    unknown = sorted(set(saved) - {h.name for h in hooks})
-    if unknown:
-        log.warning(
-            "checkpoint %s holds state for hooks this run does not have: %s", folder, unknown
-        )
-    return done
+    if hook.name not in saved:
+        log.warning("checkpoint %s holds no state for hook %r: it starts fresh", folder, hook.name)
+        return False
+    hook.load_state_dict(saved[hook.name])
+    return True
 
 
 def save_final(accel, model, loaded, output: Path) -> Path:

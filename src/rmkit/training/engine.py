@@ -306,24 +306,11 @@ def add_checkpoint_hook(run: Run, hook: Any) -> None:
     """Register ``hook`` (``name``, ``state_dict() -> dict`` of JSON, ``load_state_dict(d)``)
     so every checkpoint saves its state; on a resumed run its saved state is restored now.
     Call it on every process, before the first step of the loop."""
+    from rmkit.training.checkpoint import load_hook
+
     run.extras.setdefault("checkpoint_hooks", []).append(hook)
-    restore_checkpoint_hooks(run)
-
-
-def restore_checkpoint_hooks(run: Run) -> list[str]:
-    """Restore the hooks in ``run.extras["checkpoint_hooks"]`` not restored yet from the
-    checkpoint this run resumed from (for hooks appended to the list directly; call it before
-    the first step). Returns the names restored."""
-    from rmkit.training.checkpoint import load_hooks
-
-    done = run.extras.setdefault("_restored_hooks", set())
-    todo = [h for h in run.extras.get("checkpoint_hooks") or () if id(h) not in done]
-    if run.resumed_from is None or not todo:
-        done.update(id(h) for h in todo)
-        return []
-    names = load_hooks(run.resumed_from, todo)
-    done.update(id(h) for h in todo)
-    return names
+    if run.resumed_from is not None:
+        load_hook(run.resumed_from, hook)
 
 
 def finish(run: Run) -> dict[str, Any]:

@@ -92,21 +92,21 @@ class LocalEngine:
 
 
 class ServerEngine:
-    """Rollouts from an inference server with adapter-only weight sync (module docstring)."""
+    """Rollouts from an inference server, weights synced as adapters or in full (module
+    docstring); also runs asynchronous submissions (:mod:`rmkit.training.async_rollouts`)."""
 
     name = "server"
 
-    def __init__(self, run, server=None):
+    def __init__(self, run):
         from concurrent.futures import ThreadPoolExecutor
 
         from rmkit.generation.token_server import TokenServerBackend
 
         cfg = run.cfg
         ro = cfg.rl.rollout
-        srv = server or ro.server
-        self.srv = srv
+        srv = self.srv = ro.server
         self.sync_every = ro.sync_every
-        self.keep = max(ro.keep_adapters or 2, ro.max_staleness + 1)
+        self.keep = ro.keep_adapters  # the config raises it to max_staleness + 1
         self.staleness = ro.max_staleness
         self.check_prompts = ro.check_prompt_ids
         self.names: dict[int, str] = {}  # policy version -> the served name generating it
@@ -120,7 +120,7 @@ class ServerEngine:
                 "build), so rollouts may come from a slightly different policy; watch "
                 "rollout/logprob_gap_max (rmkit serve reloads tied weights correctly)"
             )
-        self.sync_dir = Path(ro.sync_dir) if ro.sync_dir else run.out / SYNC_DIR
+        self.sync_dir = sync_folder(run)
         digest = hashlib.sha256(str(run.out.resolve()).encode()).hexdigest()[:8]
         self.prefix = f"rmkit-{digest}"
         self.version: int | None = None
@@ -151,20 +151,18 @@ class ServerEngine:
     # ------------------------------------------------------------------ launch
 
     def _launch(self, run) -> str:
-        from rmkit.generation.launch import ServerProcess, free_port, server_command
+        from rmkit.generation.launch import ServerProcess, address, served_name, server_command
 
         cfg = run.cfg
         launch = self.srv.launch
-        port = launch.port or free_port(launch.host)
-        host = "127.0.0.1" if launch.host in ("0.0.0.0", "::") else launch.host
-        url = f"http://{host}:{port}/v1"
+        port, url = address(launch)
         argv, env = server_command(
-            launch, str(run.loaded.path), _served_name(cfg), port, dtype=cfg.model.dtype,
-            lora_rank=None if self.full else cfg.weights.lora.r,
+            launch, str(run.loaded.path), served_name(cfg.model.spec), port,
+            dtype=cfg.model.dtype, lora_rank=None if self.full else cfg.weights.lora.r,
             sync_root=str(self.sync_dir.resolve()), weight_reload=self.full,
+            # asynchronous rollouts need the log-probs of what was sampled
+            logprobs_mode="processed_logprobs" if self.staleness else None,
         )  # fmt: skip
-        if self.staleness and "--logprobs-mode" not in argv:  # behaviour log-probs as sampled
-            argv += ["--logprobs-mode", "processed_logprobs"]
         self.sync_dir.mkdir(parents=True, exist_ok=True)
         self.process = ServerProcess(
             argv, env, url, run.out / SERVER_LOG, launch.kind, launch.stop_timeout_s
@@ -334,8 +332,31 @@ def make_engine(run):
     if ro.engine == "local" and ro.max_staleness:
         from rmkit.training.generator import GeneratorEngine
 
-        return GeneratorEngine(run)
+        return GeneratorEngine(run, sync_folder(run))
     return ENGINES[ro.engine](run)
+
+
+def sync_folder(run) -> Path:
+    """Where the trainer writes the weights a rollout engine takes (``rl.rollout.sync_dir``)."""
+    ro = run.cfg.rl.rollout
+    return Path(ro.sync_dir) if ro.sync_dir else run.out / SYNC_DIR
+
+
+def check_generation_fits(run) -> None:
+    """In-process generation on ZeRO-3-partitioned weights would need every process at every
+    decoding step (the processes generate different numbers of tokens and would wait on each
+    other forever): refuse it with the settings that work."""
+    from rmkit.errors import RmkitError
+    from rmkit.training.sharding import mode
+
+    ro = run.cfg.rl.rollout
+    if mode(run.accel) == "deepspeed-zero3" and ro.engine == "local" and not ro.max_staleness:
+        raise RmkitError(
+            "DeepSpeed ZeRO-3 partitions the weights, so the local rollout engine cannot "
+            "generate in the training processes",
+            hint="use rl.rollout.engine: server (e.g. server: {launch: {kind: vllm}}, as the "
+            "full-scale recipes do), rl.rollout.max_staleness: 1, or ZeRO-2",
+        )
 
 
 def save_adapter(run, folder: Path) -> Path:
@@ -405,12 +426,6 @@ def _tied_embeddings(model) -> bool:
     return bool(
         getattr(text, "tie_word_embeddings", False) or getattr(config, "tie_word_embeddings", False)
     )
-
-
-def _served_name(cfg) -> str:
-    spec = str(cfg.model.spec)
-    name = Path(spec).name if os.sep in spec else spec
-    return name.replace("/", "--") or "policy"
 
 
 def _broadcast(run, value):

@@ -41,17 +41,15 @@ class GeneratorEngine:
 
     name = "local-async"
 
-    def __init__(self, run):
+    def __init__(self, run, sync_dir: Path):
         import multiprocessing as mp
 
         import torch
 
-        from rmkit.training.engines import SYNC_DIR
-
         cfg = run.cfg
         ro = cfg.rl.rollout
-        self.keep = max(ro.keep_adapters, ro.max_staleness + 1)
-        self.sync_dir = Path(ro.sync_dir) if ro.sync_dir else run.out / SYNC_DIR
+        self.keep = ro.keep_adapters  # the config raises it to max_staleness + 1
+        self.sync_dir = sync_dir
         self.sync_dir.mkdir(parents=True, exist_ok=True)
         self.versions: list[int] = []
         self.version: int | None = None

@@ -176,3 +176,48 @@ def old_logprobs(policy, batches: list[MicroBatch], temperature: float, shared: 
 
     with torch.no_grad():
         return [completion_logprobs(policy, mb, temperature, shared) for mb in batches]
+
+
+def micro_batch_parts(run, ro) -> list[list]:
+    """This process's micro-batches, grouped by PPO mini-batch (``batch.prompts_per_update``
+    prompts over all processes): part j holds this process's sequences of mini-batch j, so
+    every optimizer step sees a disjoint share of the rollout batch, whole prompt groups."""
+    cfg = run.cfg
+    convs, ids = ro.sequence_conversations(), ro.token_ids()
+    groups = [i // ro.group for i in range(len(ro.completions))] if run.share_prompts else None
+    per_part = len(convs) // cfg.mini_batches
+    parts = []
+    for lo in range(0, len(convs), per_part):
+        hi = lo + per_part
+        parts.append(
+            build_micro_batches(
+                run.loaded,
+                convs[lo:hi],
+                ids[lo:hi],
+                cfg.batch.micro_batch_per_device,
+                run.accel.device,
+                groups[lo:hi] if groups is not None else None,
+                offset=lo,
+            )  # fmt: skip
+        )
+    return parts
+
+
+def behaviour_logprobs(mb, completions):
+    """The engine's log-probs of a micro-batch's completion tokens, laid out like its mask
+    ``(b, T)``; an error names the engine when it sent none."""
+    import torch
+
+    rows = completions[mb.rows]
+    out = torch.zeros(mb.mask.shape, dtype=torch.float32, device=mb.mask.device)
+    for i, c in enumerate(rows):
+        if c.token_logprobs is None or len(c.token_logprobs) != len(c.token_ids):
+            from rmkit.errors import RmkitError
+
+            raise RmkitError(
+                "asynchronous rollouts need the behaviour log-probs of every token, and the "
+                "rollout engine sent none",
+                hint="a server engine must return logprobs (vLLM and rmkit serve do)",
+            )
+        out[i, : len(c.token_logprobs)] = torch.tensor(c.token_logprobs)
+    return out

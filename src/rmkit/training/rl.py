@@ -64,7 +64,9 @@ def rl_step(run: Run) -> tuple[dict[str, float], dict[str, Any]]:
     from rmkit.algorithms import aggregate_loss, kl_k1, kl_k3, policy_loss
     from rmkit.training.data import shard
     from rmkit.training.policy import (
+        behaviour_logprobs,
         completion_logprobs,
+        micro_batch_parts,
         old_logprobs,
         reference_logprobs,
     )
@@ -171,59 +173,6 @@ def rl_step(run: Run) -> tuple[dict[str, float], dict[str, Any]]:
     return metrics, fields
 
 
-def check_generation_fits(run) -> None:
-    """In-process generation on ZeRO-3-partitioned weights would need every process at every
-    decoding step (the processes generate different numbers of tokens and would wait on each
-    other forever): refuse it with the settings that work."""
-    from rmkit.errors import RmkitError
-    from rmkit.training.sharding import mode
-
-    ro = run.cfg.rl.rollout
-    if mode(run.accel) == "deepspeed-zero3" and ro.engine == "local" and not ro.max_staleness:
-        raise RmkitError(
-            "DeepSpeed ZeRO-3 partitions the weights, so the local rollout engine cannot "
-            "generate in the training processes",
-            hint="use rl.rollout.engine: server (e.g. server: {launch: {kind: vllm}}, as the "
-            "full-scale recipes do), rl.rollout.max_staleness: 1, or ZeRO-2",
-        )
-
-
-def behaviour_logprobs(mb, completions):
-    """The engine's log-probs of a micro-batch's completion tokens, laid out like its mask
-    ``(b, T)``; an error names the engine when it sent none."""
-    import torch
-
-    rows = completions[mb.rows]
-    out = torch.zeros(mb.mask.shape, dtype=torch.float32, device=mb.mask.device)
-    for i, c in enumerate(rows):
-        if c.token_logprobs is None or len(c.token_logprobs) != len(c.token_ids):
-            from rmkit.errors import RmkitError
-
-            raise RmkitError(
-                "asynchronous rollouts need the behaviour log-probs of every token, and the "
-                "rollout engine sent none",
-                hint="a server engine must return logprobs (vLLM and rmkit serve do)",
-            )
-        out[i, : len(c.token_logprobs)] = torch.tensor(c.token_logprobs)
-    return out
-
-
-def restore_hooks(run) -> None:
-    """On resume, give the checkpoint hooks (``run.extras["checkpoint_hooks"]``) the state saved
-    in the checkpoint the run resumed from (``hooks.json``: name -> state)."""
-    import json
-
-    from rmkit.training.checkpoint import CHECKPOINTS
-
-    if run.step == 0:
-        return
-    path = run.out / CHECKPOINTS / f"step-{run.step}" / "hooks.json"
-    saved = json.loads(path.read_text()) if path.is_file() else {}
-    for hook in run.extras.get("checkpoint_hooks", []):
-        if hook.name in saved:
-            hook.load_state_dict(saved[hook.name])
-
-
 def _logprob_temperature(rl) -> float:
     """Log-probs are taken at the sampling temperature (temperature 1 for greedy rollouts)."""
     return rl.temperature if rl.temperature > 0 else 1.0
@@ -265,33 +214,6 @@ def _pad_cols(t, width: int):
     import torch.nn.functional as F
 
     return F.pad(t, (0, width - t.shape[1]), value=0)
-
-
-def micro_batch_parts(run: Run, ro) -> list[list]:
-    """This process's micro-batches, grouped by PPO mini-batch (``batch.prompts_per_update``
-    prompts over all processes): part j holds this process's sequences of mini-batch j, so
-    every optimizer step sees a disjoint share of the rollout batch, whole prompt groups."""
-    from rmkit.training.policy import build_micro_batches
-
-    cfg = run.cfg
-    convs, ids = ro.sequence_conversations(), ro.token_ids()
-    groups = [i // ro.group for i in range(len(ro.completions))] if run.share_prompts else None
-    per_part = len(convs) // cfg.mini_batches
-    parts = []
-    for lo in range(0, len(convs), per_part):
-        hi = lo + per_part
-        parts.append(
-            build_micro_batches(
-                run.loaded,
-                convs[lo:hi],
-                ids[lo:hi],
-                cfg.batch.micro_batch_per_device,
-                run.accel.device,
-                groups[lo:hi] if groups is not None else None,
-                offset=lo,
-            )  # fmt: skip
-        )
-    return parts
 
 
 class _Acc:
@@ -414,7 +336,7 @@ def prepare_rl(cfg, resume: bool = False) -> Run:
     """Everything an RL run needs before its first step (see :func:`run_rl`)."""
     from rmkit.prompts import get_template
     from rmkit.rewards import compose
-    from rmkit.training.engines import make_engine
+    from rmkit.training.engines import check_generation_fits, make_engine
     from rmkit.training.evaluate import setup_eval
     from rmkit.training.rollout import suppress_media_tokens
 
@@ -436,11 +358,11 @@ def prepare_rl(cfg, resume: bool = False) -> Run:
         run.extras["engine"] = make_engine(run)
         if cfg.rl.rollout.max_staleness:
             from rmkit.training.async_rollouts import RolloutQueue
+            from rmkit.training.engine import add_checkpoint_hook
 
             queue = RolloutQueue(run, cfg.rl.rollout.max_staleness)
             run.extras["queue"] = queue
-            run.extras.setdefault("checkpoint_hooks", []).append(queue)
-            restore_hooks(run)
+            add_checkpoint_hook(run, queue)
         setup_eval(run)
     except BaseException:
         run.reward_fn.close()

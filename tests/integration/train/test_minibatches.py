@@ -41,8 +41,8 @@ def _calls(monkeypatch):
 
 def test_two_mini_batches_second_update_is_off_policy_and_clips(tmp_path, monkeypatch):
     from rmkit.config.kinds import load_config
-    from rmkit.training.policy import completion_logprobs
-    from rmkit.training.rl import micro_batch_parts, prepare_rl, rl_step
+    from rmkit.training.policy import completion_logprobs, micro_batch_parts
+    from rmkit.training.rl import prepare_rl, rl_step
 
     cfg = load_config(
         RECIPE, [*COMMON, "batch.prompts_per_update=2", "optim.lr=0.05", "max_steps=1"],
@@ -60,7 +60,7 @@ def test_two_mini_batches_second_update_is_off_policy_and_clips(tmp_path, monkey
             captured["parts"] = real_parts(run_, ro)
             return captured["parts"]
 
-        monkeypatch.setattr("rmkit.training.rl.micro_batch_parts", keep_parts)
+        monkeypatch.setattr("rmkit.training.policy.micro_batch_parts", keep_parts)
         metrics, _ = rl_step(run)
     finally:
         run.reward_fn.close()

@@ -16,7 +16,7 @@ from rmkit.training.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from rmkit.training.engine import add_checkpoint_hook, restore_checkpoint_hooks
+from rmkit.training.engine import add_checkpoint_hook
 
 
 class FakeAccel:
@@ -89,16 +89,6 @@ def test_hooks_and_extra_state_round_trip(tmp_path):
     fresh = QueueHook()
     add_checkpoint_hook(run, fresh)
     assert (fresh.position, fresh.pending) == (5, ["p1", "p2"])
-    fresh.position = 6  # the loop goes on; restoring again must not roll it back
-    assert restore_checkpoint_hooks(run) == []
-    assert fresh.position == 6
-
-
-def test_hooks_appended_directly_are_restored_on_request(tmp_path):
-    folder = write(tmp_path, [QueueHook(position=9)])
-    run = SimpleNamespace(extras={"checkpoint_hooks": [QueueHook()]}, resumed_from=folder)
-    assert restore_checkpoint_hooks(run) == ["rollout_queue"]
-    assert run.extras["checkpoint_hooks"][0].position == 9
 
 
 def test_a_new_hook_missing_from_the_checkpoint_starts_fresh(tmp_path, caplog):

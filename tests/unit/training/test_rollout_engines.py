@@ -204,3 +204,20 @@ def test_prompt_id_mismatch_names_the_first_differing_position(loaded_text):
     assert "http://s/v1" in err.value.message and "chat template" in err.value.hint
     with pytest.raises(RmkitError, match=rf"first difference at token {len(mine)} "):
         check_prompt_ids(loaded_text, conv, mine + [7], "http://s/v1")
+
+
+def test_served_names_addresses_and_logprobs_mode(tmp_path):
+    from rmkit.generation.launch import address, served_name
+
+    assert served_name("tiny-llama") == "tiny-llama"
+    assert served_name("Qwen/Qwen2.5-VL-7B-Instruct") == "Qwen--Qwen2.5-VL-7B-Instruct"
+    (tmp_path / "my-model").mkdir()
+    assert served_name(str(tmp_path / "my-model")) == "my-model"
+    port, url = address(LaunchConfig(kind="rmkit", host="0.0.0.0", port=8123))
+    assert (port, url) == (8123, "http://127.0.0.1:8123/v1")
+    assert address(LaunchConfig(kind="rmkit"))[0] > 0  # port 0: a free one
+    argv, _ = server_command(
+        LaunchConfig(kind="rmkit"), "/m", "m", 1, dtype="float32", lora_rank=8,
+        sync_root=None, logprobs_mode="processed_logprobs",
+    )  # fmt: skip
+    assert " --logprobs-mode processed_logprobs" in " ".join(argv)
