@@ -59,21 +59,30 @@ def masked_whiten(
     eps: float = 1e-8,
     unbiased: bool = False,
 ) -> torch.Tensor:
-    """(values - mean) / (std + eps) with mean and std over the valid entries of the whole batch.
+    """(values - mean) / sqrt(max(var, eps)) with mean and variance over the valid entries of the
+    whole batch.
 
     ``values``: any shape, e.g. (B,) or (B, T); ``mask``: same shape, True/1 = valid (None = all).
-    Invalid entries come back as 0. ``unbiased=False`` (default) is the population std.
+    Invalid entries come back as 0. ``unbiased=False`` (default) is the population variance.
+
+    The variance is floored at ``eps`` rather than ``eps`` added to the std: when every value is
+    the same number that float32 cannot hold exactly (0.7, say), the computed mean differs from
+    it by a rounding error of ~1e-8 and so does the std; ``/(std + 1e-8)`` would blow that error
+    up to an advantage of about +-0.9 on every token, ``* max(var, 1e-8) ** -0.5`` (the form
+    OpenRLHF uses) keeps it small. The sums run in float64 so that the mean of thousands of
+    equal float32 values is that value exactly and equal returns give exactly 0.
     """
     m = torch.ones_like(values, dtype=torch.bool) if mask is None else mask.bool()
     count = m.sum()
     if count == 0:
         raise RmkitError("cannot normalise advantages over a batch with no valid entries")
-    v = values.to(torch.promote_types(values.dtype, torch.float32))
+    out_dtype = torch.promote_types(values.dtype, torch.float32)
+    v = values.to(torch.float64)  # batch sums in float64: no rounding drift with many tokens
     mean = torch.where(m, v, 0).sum() / count
     sq = torch.where(m, (v - mean) ** 2, 0).sum()
     denom = (count - 1).clamp(min=1) if unbiased else count
-    std = (sq / denom).sqrt()
-    return torch.where(m, (v - mean) / (std + eps), 0)
+    var = sq / denom
+    return torch.where(m, (v - mean) * var.clamp(min=eps).rsqrt(), 0).to(out_dtype)
 
 
 def clip_rewards(rewards: torch.Tensor, bound: float = 10.0) -> torch.Tensor:
@@ -132,6 +141,31 @@ def discounted_returns(
     return returns * m
 
 
+def reinforce_pp_returns(
+    rewards: torch.Tensor,
+    mask: torch.Tensor,
+    token_kl: torch.Tensor | None = None,
+    kl_coef: float = 0.0,
+    gamma: float = 1.0,
+    reward_clip: float | None = 10.0,
+    group_size: int = 1,
+) -> torch.Tensor:
+    """Reinforce++ token returns before whitening. ``rewards`` (B,), ``mask``/``token_kl``
+    (B, T) -> (B, T).
+
+    1. clip the sequence rewards to [-reward_clip, reward_clip];
+    2. with several completions per prompt (``group_size`` > 1), subtract each prompt's mean
+       reward first (the "baseline" variant);
+    3. per-token rewards: -kl_coef * k1 on each token, sequence reward on the last token;
+    4. returns with discount ``gamma`` (1: every token gets reward - KL still to come).
+    """
+    r = clip_rewards(rewards, reward_clip) if reward_clip is not None else rewards
+    if group_size > 1:
+        r = group_advantages(r, group_size, scale_std=False)
+    token_r = kl_token_rewards(r, mask, token_kl, kl_coef)
+    return discounted_returns(token_r, mask, gamma)
+
+
 def reinforce_pp_advantages(
     rewards: torch.Tensor,
     mask: torch.Tensor,
@@ -142,20 +176,10 @@ def reinforce_pp_advantages(
     group_size: int = 1,
     eps: float = 1e-8,
 ) -> torch.Tensor:
-    """Reinforce++ token advantages. ``rewards`` (B,), ``mask``/``token_kl`` (B, T) -> (B, T).
-
-    1. clip the sequence rewards to [-reward_clip, reward_clip];
-    2. with several completions per prompt (``group_size`` > 1), subtract each prompt's mean
-       reward first (the "baseline" variant);
-    3. per-token rewards: -kl_coef * k1 on each token, sequence reward on the last token;
-    4. returns with discount ``gamma`` (1: every token gets reward - KL still to come);
-    5. whiten the returns over all valid tokens of the whole rollout batch (population std).
+    """Reinforce++ token advantages: :func:`reinforce_pp_returns` whitened over all valid tokens
+    of the whole rollout batch (population variance floored at ``eps``, :func:`masked_whiten`).
     """
-    r = clip_rewards(rewards, reward_clip) if reward_clip is not None else rewards
-    if group_size > 1:
-        r = group_advantages(r, group_size, scale_std=False)
-    token_r = kl_token_rewards(r, mask, token_kl, kl_coef)
-    returns = discounted_returns(token_r, mask, gamma)
+    returns = reinforce_pp_returns(rewards, mask, token_kl, kl_coef, gamma, reward_clip, group_size)
     return masked_whiten(returns, mask, eps=eps)
 
 
@@ -172,9 +196,7 @@ def outlier_filter(
     ``(filtered advantages, filtered mask (bool, True where zeroed), filtered fraction of the
     valid entries)``. If all finite entries are equal (std 0) none of them is an outlier.
 
-    Departure from the released R1-Reward code: that code keeps entries whose z-score lies in
-    [mean - 3, mean + 3] with ``mean`` the *raw* advantage mean, which equals the paper's
-    |z| <= 3 only when the raw mean is 0. rmkit implements the paper's rule.
+    This is the paper's rule; :func:`released_outlier_filter` is the released code's.
     """
     valid = torch.ones_like(advantages, dtype=torch.bool) if mask is None else mask.bool()
     finite = torch.isfinite(advantages)
@@ -189,6 +211,39 @@ def outlier_filter(
             outlier = good & ((a - mean).abs() / std > sigma)
     filtered = (valid & ~finite) | outlier
     out = torch.where(filtered | ~valid, torch.zeros_like(a), a).to(advantages.dtype)
+    n_valid = int(valid.sum())
+    frac = float(filtered.sum()) / n_valid if n_valid else 0.0
+    return out, filtered, frac
+
+
+def released_outlier_filter(
+    advantages: torch.Tensor,
+    raw: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    sigma: float = 3.0,
+    bound: float = 10.0,
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The advantage filter of the released R1-Reward code.
+
+    ``advantages``: the whitened advantages (B,) or (B, T); ``raw``: the same entries before
+    whitening (the returns); ``mask``: same shape (None = all valid). With ``mean`` the mean of
+    ``raw`` over the valid entries, an entry is kept when
+    ``mean - sigma <= advantage <= mean + sigma``; then entries with |advantage| > ``bound`` and
+    NaN/Inf entries are zeroed too. The kept window is centred on the *raw* mean, not on 0, so
+    it equals the paper's |z| <= sigma only when that mean is 0: with rewards 2.0 (right) and
+    0.5 (wrong), once more than about two thirds of a batch is right every wrong answer's
+    advantage falls below the window and is zeroed. Returns like :func:`outlier_filter`.
+    """
+    valid = torch.ones_like(advantages, dtype=torch.bool) if mask is None else mask.bool()
+    a = advantages.to(torch.promote_types(advantages.dtype, torch.float32))
+    r = raw.to(a.dtype)
+    count = valid.sum()
+    mean = torch.where(valid, r, 0).sum() / count.clamp(min=1)
+    finite = torch.isfinite(a)
+    safe = torch.where(finite, a, 0)
+    keep = finite & (safe >= mean - sigma) & (safe <= mean + sigma) & (safe.abs() <= bound)
+    filtered = valid & ~keep
+    out = torch.where(valid & keep, safe, torch.zeros_like(safe)).to(advantages.dtype)
     n_valid = int(valid.sum())
     frac = float(filtered.sum()) / n_valid if n_valid else 0.0
     return out, filtered, frac

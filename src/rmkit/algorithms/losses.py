@@ -6,16 +6,11 @@ Notation: ``B`` sequences, ``T`` completion tokens (padded), ``V`` vocabulary si
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
+from rmkit.algorithms.base import AGGREGATIONS
 from rmkit.errors import RmkitError
-
-# StableReinforce pre-clip: the log-ratio is clamped to [ln 1e-3, ln 1e3] before exp.
-PRECLIP_BOUNDS = (math.log(1e-3), math.log(1e3))
-AGGREGATIONS = ("token_mean", "seq_mean", "constant")
 
 
 def token_logprobs(

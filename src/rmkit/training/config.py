@@ -8,8 +8,9 @@ sequences in one forward/backward pass on one device. Derived values (RL
 ``sequences_per_step``, ``grad_accum_steps``) are computed once, here, for the world size of the
 launch (``WORLD_SIZE``), and written into the resolved config saved with the run.
 
-RL knobs left unset take the algorithm's defaults from :data:`rmkit.algorithms.ALGORITHMS`; the
-resolved values are filled in so the saved ``config.yaml`` shows what actually ran.
+RL knobs left unset take the algorithm's defaults (``defaults`` of its class in
+:mod:`rmkit.algorithms.methods`); the accepted algorithm names come from the same registry, and
+the resolved values are filled in so the saved ``config.yaml`` shows what actually ran.
 """
 
 from __future__ import annotations
@@ -21,13 +22,20 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from rmkit.algorithms.base import (
+    AGGREGATIONS,
+    ALGORITHMS,
+    FILTER_RULES,
+    KL_MODES,
+    PRECLIP_BOUNDS,
+    algorithm_names,
+)
 from rmkit.config.validate import StrictModel
 from rmkit.generation.config import LOCAL_KEYS, BackendConfig
 from rmkit.models.lora import LoraSettings
 from rmkit.rewards.compose import RewardSpec
 
-ALGORITHM_NAMES = ("grpo", "dr_grpo", "reinforce_pp", "stable_reinforce")
-PRECLIP = (math.log(1e-3), math.log(1e3))
+AlgorithmName = Literal[algorithm_names()]  # type: ignore[valid-type]
 
 
 class ModelSection(StrictModel):
@@ -100,7 +108,7 @@ class OptimSection(StrictModel):
 
 
 class KLSection(StrictModel):
-    mode: Literal["none", "k1_reward", "k3_loss"] | None = Field(
+    mode: Literal[KL_MODES] | None = Field(  # type: ignore[valid-type]
         None, description="default: algorithm's"
     )
     coef: float | None = Field(None, ge=0)
@@ -206,17 +214,22 @@ _MOVED_ROLLOUT_KEYS = {
 
 
 class RLSection(StrictModel):
-    algorithm: Literal["grpo", "dr_grpo", "reinforce_pp", "stable_reinforce"] = "grpo"
+    algorithm: AlgorithmName = Field(  # type: ignore[valid-type]
+        "grpo", description="rmkit.algorithms.methods: " + ", ".join(ALGORITHMS)
+    )
     temperature: float = Field(1.0, ge=0, description="0: greedy (log-probs at temperature 1)")
     top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = Field(256, gt=0)
     clip_low: float | None = Field(None, ge=0, lt=1)
     clip_high: float | None = Field(None, ge=0)
     preclip: bool | None = Field(None, description="clamp the log-ratio before exp")
-    preclip_bounds: tuple[float, float] = PRECLIP
+    preclip_bounds: tuple[float, float] = PRECLIP_BOUNDS
+    filter_rule: Literal[FILTER_RULES] | None = Field(  # type: ignore[valid-type]
+        None, description="advantage outlier filter: paper or released (stable_reinforce)"
+    )
     filter_sigma: float | None = Field(None, gt=0, description="outlier filter (stable_reinforce)")
     kl: KLSection = Field(default_factory=KLSection)
-    aggregation: Literal["token_mean", "seq_mean", "constant"] | None = None
+    aggregation: Literal[AGGREGATIONS] | None = None  # type: ignore[valid-type]
     updates_per_batch: int = Field(1, ge=1)
     reward_clip: float | None = Field(None, gt=0, description="default: algorithm's")
     shared_prompts: bool = Field(
@@ -234,35 +247,38 @@ class RLSection(StrictModel):
         return data
 
     def resolve(self) -> RLSection:
-        """Fill unset knobs from the algorithm's defaults and check they fit together."""
-        from rmkit.algorithms import ALGORITHMS
-
+        """Fill unset knobs from the algorithm's defaults and check they apply to it."""
         algo = ALGORITHMS[self.algorithm]
+        d = algo.defaults
         given = self.model_fields_set
-        kl_given = self.kl.model_fields_set
-        batch_algo = algo.advantage == "batch"
-        if self.filter_sigma is not None and not algo.outlier_filter:
+        users = {  # knob -> the algorithms it applies to
+            "filter_rule": [n for n, a in ALGORITHMS.items() if a.filter_rules],
+            "filter_sigma": [n for n, a in ALGORITHMS.items() if a.filter_rules],
+        }
+        for knob, names in users.items():
+            if knob in given and getattr(self, knob) is not None and self.algorithm not in names:
+                raise ValueError(
+                    f"rl.{knob} applies to {', '.join(names)} only (algorithm is "
+                    f"'{self.algorithm}'); remove it or set rl.algorithm: {names[0]}"
+                )
+        mode = self.kl.mode if self.kl.mode is not None else d.kl_mode
+        if mode not in algo.kl_modes:
             raise ValueError(
-                f"rl.filter_sigma applies to stable_reinforce only (algorithm is "
-                f"'{self.algorithm}'); remove it or set rl.algorithm: stable_reinforce"
+                f"rl.kl.mode {mode} does not fit '{self.algorithm}' ({algo.summary}): use "
+                + " or ".join(algo.kl_modes)
             )
-        mode = self.kl.mode if "mode" in kl_given and self.kl.mode is not None else algo.kl_mode
-        if mode == "k1_reward" and not batch_algo:
-            raise ValueError(
-                f"rl.kl.mode k1_reward folds KL into Reinforce++ token rewards; '{self.algorithm}' "
-                "uses group advantages: use k3_loss or none"
-            )
-        coef = self.kl.coef if self.kl.coef is not None else algo.kl_coef
+        coef = self.kl.coef if self.kl.coef is not None else d.kl_coef
         if mode == "none":
             coef = 0.0
         values: dict[str, Any] = {
-            "clip_low": self.clip_low if self.clip_low is not None else algo.clip_low,
-            "clip_high": self.clip_high if self.clip_high is not None else algo.clip_high,
-            "preclip": self.preclip if self.preclip is not None else algo.pre_clip,
-            "filter_sigma": self.filter_sigma or (3.0 if algo.outlier_filter else None),
+            "clip_low": self.clip_low if self.clip_low is not None else d.clip_low,
+            "clip_high": self.clip_high if self.clip_high is not None else d.clip_high,
+            "preclip": self.preclip if self.preclip is not None else d.preclip,
+            "filter_rule": self.filter_rule or d.filter_rule,
+            "filter_sigma": self.filter_sigma or d.filter_sigma,
             "kl": KLSection(mode=mode, coef=coef),
-            "aggregation": self.aggregation or algo.loss_agg,
-            "reward_clip": self.reward_clip if "reward_clip" in given else algo.reward_clip,
+            "aggregation": self.aggregation or d.aggregation,
+            "reward_clip": self.reward_clip if "reward_clip" in given else d.reward_clip,
         }
         lo, hi = self.preclip_bounds
         if not lo < 0 < hi:
@@ -379,7 +395,7 @@ class TrainConfig(StrictModel):
         b = self.batch
         if b.prompts_per_step is None:
             raise ValueError("stage rl needs batch.prompts_per_step (prompts per rollout batch)")
-        if rl.algorithm in ("grpo", "dr_grpo") and b.completions_per_prompt < 2:
+        if ALGORITHMS[rl.algorithm].needs_groups and b.completions_per_prompt < 2:
             raise ValueError(
                 f"{rl.algorithm} compares completions of the same prompt: set "
                 "batch.completions_per_prompt to 2 or more (the papers use 8)"

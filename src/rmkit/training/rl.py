@@ -25,7 +25,6 @@ re-derives it.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import Any
 
@@ -48,20 +47,9 @@ log = logging.getLogger(__name__)
 ROLLOUT_TIMES = ("prefill_s", "decode_s", "sync_s", "server_gen_s", "generator_s")
 
 
-def effective_algorithm(rl):
-    """The ALGORITHMS entry with the recipe's (already resolved) knobs applied."""
-    from rmkit.algorithms import ALGORITHMS
-
-    return dataclasses.replace(
-        ALGORITHMS[rl.algorithm],
-        kl_mode=rl.kl.mode, kl_coef=rl.kl.coef, loss_agg=rl.aggregation, clip_low=rl.clip_low,
-        clip_high=rl.clip_high, reward_clip=rl.reward_clip, pre_clip=rl.preclip,
-    )  # fmt: skip
-
-
 def rl_step(run: Run) -> tuple[dict[str, float], dict[str, Any]]:
     """One RL step (rollout -> rewards -> logprobs -> advantages -> update); returns metrics."""
-    from rmkit.algorithms import aggregate_loss, kl_k1, kl_k3, policy_loss
+    from rmkit.algorithms import aggregate_loss, kl_k1
     from rmkit.training.data import shard
     from rmkit.training.policy import (
         behaviour_logprobs,
@@ -73,7 +61,7 @@ def rl_step(run: Run) -> tuple[dict[str, float], dict[str, Any]]:
     from rmkit.training.rollout import accuracy_counts, make_rollout, sample_rows, score
 
     cfg, rl, accel, timer = run.cfg, run.cfg.rl, run.accel, StepTimer()
-    algo = run.algorithm
+    algo, settings = run.algorithm, run.settings
     # 1. rollout (a server engine first syncs the weights when due; asynchronous rollouts
     #    were submitted max_staleness steps ago)
     queue = run.extras.get("queue")
@@ -112,7 +100,7 @@ def rl_step(run: Run) -> tuple[dict[str, float], dict[str, Any]]:
     token_kl = None
     if rl.kl.mode == "k1_reward" and ref is not None:
         token_kl = [kl_k1(o, r) for o, r in zip(old, ref, strict=True)]
-    adv, adv_stats = global_advantages(run, algo, totals, mbs, token_kl)
+    adv, adv_stats = global_advantages(run, totals, mbs, token_kl)
     timer.mark("advantages")
     # 5. micro-batched loss; one optimizer step per mini-batch, rl.updates_per_batch passes
     units = [_units(mb, rl.aggregation) for mb in mbs]
@@ -140,15 +128,9 @@ def rl_step(run: Run) -> tuple[dict[str, float], dict[str, Any]]:
                     if u == 0 and gap_first_pass:  # before this step's first update
                         acc.behaviour_gap(mb, logp, ro.completions)
                     old_i = old[i] if old is not None else logp.detach()
-                    tok_loss, st = policy_loss(
-                        logp, old_i, adv[i], mb.mask, algo.clip_low, algo.clip_high,
-                        tuple(rl.preclip_bounds) if algo.pre_clip else None,
-                    )  # fmt: skip
-                    kl_tok = (
-                        kl_k3(logp, ref[i]) if ref is not None and rl.kl.mode == "k3_loss" else None
+                    tok_loss, st = algo.token_loss(
+                        logp, old_i, adv[i], mb.mask, settings, ref[i] if ref is not None else None
                     )
-                    if kl_tok is not None:
-                        tok_loss = tok_loss + rl.kl.coef * kl_tok
                     loss = aggregate_loss(tok_loss, mb.mask, rl.aggregation, rl.max_new_tokens)
                     loss = loss * units[i] * scale
                     backward(run, loss)
@@ -187,7 +169,7 @@ def _units(mb, aggregation: str) -> float:
     return float(mb.mask.shape[0])
 
 
-def global_advantages(run: Run, algo, totals: list[float], mbs, token_kl):
+def global_advantages(run: Run, totals: list[float], mbs, token_kl):
     """Advantages from the rewards of every process; returns this process's per micro-batch."""
     import torch
 
@@ -202,8 +184,8 @@ def global_advantages(run: Run, algo, totals: list[float], mbs, token_kl):
     g_rewards, g_mask = accel.gather(rewards), accel.gather(mask)
     g_kl = accel.gather(kl.float()) if kl is not None else None
     adv, stats = compute_advantages(
-        algo, g_rewards, g_mask, group_size=cfg.batch.completions_per_prompt,
-        token_kl=g_kl, kl_coef=algo.kl_coef, sigma=cfg.rl.filter_sigma or 3.0,
+        run.algorithm, g_rewards, g_mask, run.settings,
+        group_size=cfg.batch.completions_per_prompt, token_kl=g_kl,
     )  # fmt: skip
     n = len(totals)
     mine = adv[run.rank * n : (run.rank + 1) * n]
@@ -297,7 +279,7 @@ def _step_metrics(
     tokens = s[base + 1]
     m.update({k: v for k, v in adv_stats.items()})
     m["policy/clip_frac"] = s[base + 2] / max(tokens, 1.0)
-    if run.algorithm.pre_clip:
+    if run.settings.preclip:
         m["policy/preclip_frac"] = s[base + 3] / max(tokens, 1.0)
     if run.reference is not None:
         m["policy/kl"] = s[base + 4] / max(tokens, 1.0)
@@ -325,7 +307,7 @@ def _step_metrics(
             m[f"policy/update{u + 1}/clip_frac"] = clip / tok
             m[f"policy/update{u + 1}/ratio_mean"] = rsum / tok
             m[f"policy/update{u + 1}/ratio_max"] = rmax
-            if run.algorithm.pre_clip:
+            if run.settings.preclip:
                 m[f"policy/update{u + 1}/preclip_frac"] = pre / tok
     m.update(timer.times)
     m["step_time/total"] = elapsed
@@ -334,6 +316,7 @@ def _step_metrics(
 
 def prepare_rl(cfg, resume: bool = False) -> Run:
     """Everything an RL run needs before its first step (see :func:`run_rl`)."""
+    from rmkit.algorithms import Settings, get_algorithm
     from rmkit.prompts import get_template
     from rmkit.rewards import compose
     from rmkit.training.engines import check_generation_fits, make_engine
@@ -344,7 +327,8 @@ def prepare_rl(cfg, resume: bool = False) -> Run:
     check_generation_fits(run)
     run.extras["media_ids"] = suppress_media_tokens(run.loaded)
     run.extras.update(
-        algorithm=effective_algorithm(cfg.rl),
+        algorithm=get_algorithm(cfg.rl.algorithm),
+        settings=Settings.of(cfg.rl),
         template=get_template(cfg.data.template),
         # Shared prompt passes need a KV cache: text models without gradient checkpointing.
         share_prompts=cfg.rl.shared_prompts

@@ -23,9 +23,9 @@ COMMON = (
 
 def _calls(monkeypatch):
     """Record every policy_loss call of the RL loop: inputs and returned stats."""
-    import rmkit.algorithms as algorithms
+    import rmkit.algorithms.losses as losses
 
-    real, calls = algorithms.policy_loss, []
+    real, calls = losses.policy_loss, []
 
     def recording(logp, old, adv, mask, clip_low, clip_high, preclip=None):
         loss, st = real(logp, old, adv, mask, clip_low, clip_high, preclip)
@@ -35,7 +35,7 @@ def _calls(monkeypatch):
         )  # fmt: skip
         return loss, st
 
-    monkeypatch.setattr(algorithms, "policy_loss", recording)
+    monkeypatch.setattr(losses, "policy_loss", recording)
     return calls
 
 

@@ -13,6 +13,7 @@ from rmkit.algorithms import (
     masked_whiten,
     outlier_filter,
     reinforce_pp_advantages,
+    released_outlier_filter,
 )
 from rmkit.errors import RmkitError
 
@@ -123,10 +124,32 @@ def test_outlier_filter_paper_rule():
 
 
 def test_outlier_filter_is_shift_invariant_unlike_the_released_rule():
-    # The released code compares z against raw mean ± 3; with mean 100 it would keep everything.
+    # The paper rule recomputes z itself: shifting every advantage changes nothing.
     adv = torch.tensor([100.0] * 10 + [111.0])
     _, filtered, frac = outlier_filter(adv)
     assert filtered.tolist() == [False] * 10 + [True] and frac == pytest.approx(1 / 11)
+    # The released rule centres its window [m - 3, m + 3] on the raw mean m. The whitened
+    # values are z = [-1/sqrt(10)] * 10 + [sqrt(10)] = -0.3162 (x10), 3.1623. With m = 101 the
+    # window is [98, 104] and every entry is zeroed; with m = 0 only the 3.1623 is.
+    z = masked_whiten(adv)
+    zeroed, f_hi, frac_hi = released_outlier_filter(z, adv, sigma=3.0)
+    assert f_hi.all() and frac_hi == 1.0 and not zeroed.any()
+    _, f_zero, frac_zero = released_outlier_filter(z, adv - adv.mean(), sigma=3.0)
+    assert f_zero.tolist() == [False] * 10 + [True] and frac_zero == pytest.approx(1 / 11)
+
+
+def test_released_filter_drops_beyond_ten_and_non_finite_and_respects_mask():
+    z = torch.tensor([[11.0, 2.0], [float("nan"), -2.0], [50.0, 1.0]])
+    raw = torch.tensor([[9.0, 9.0], [9.0, 9.0], [0.0, 9.0]])
+    mask = torch.tensor([[1, 1], [1, 1], [0, 1]])
+    # valid raw mean = 9 -> window [6, 12]: 11 kept by the window, then dropped by |z| > 10;
+    # 2, -2, 1 fall below the window; NaN dropped; the 50 is padding: 0, not counted.
+    out, filtered, frac = released_outlier_filter(z, raw, mask, sigma=3.0)
+    assert out.tolist() == [[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]]
+    assert filtered.tolist() == [[True, True], [True, True], [False, True]]
+    assert frac == 1.0
+    out, _, frac = released_outlier_filter(z, raw - 8.0, mask, sigma=3.0)  # window [-2, 4]
+    assert out.tolist() == [[0.0, 2.0], [0.0, -2.0], [0.0, 1.0]] and frac == pytest.approx(2 / 5)
 
 
 def test_outlier_filter_zeroes_nan_inf_and_respects_mask():

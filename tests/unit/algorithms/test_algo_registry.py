@@ -6,34 +6,78 @@ import math
 import pytest
 import torch
 
-from rmkit.algorithms import ALGORITHMS, PRECLIP_BOUNDS, compute_advantages, get_algorithm
+from rmkit.algorithms import (
+    ALGORITHMS,
+    PRECLIP_BOUNDS,
+    Algorithm,
+    Settings,
+    algorithm_names,
+    compute_advantages,
+    get_algorithm,
+    register,
+)
 from rmkit.errors import RmkitError
 
 
-def test_algorithm_records():
+def test_algorithm_definitions():
     assert set(ALGORITHMS) == {"grpo", "dr_grpo", "reinforce_pp", "stable_reinforce"}
+    assert algorithm_names() == tuple(ALGORITHMS)
     grpo, dr, rpp, sr = (
         ALGORITHMS[k] for k in ("grpo", "dr_grpo", "reinforce_pp", "stable_reinforce")
     )
-    assert (grpo.scale_std, grpo.kl_mode, grpo.kl_coef, grpo.needs_groups) == (
-        True,
-        "k3_loss",
-        0.04,
-        True,
-    )
-    assert (dr.scale_std, dr.loss_agg, dr.kl_mode) == (False, "constant", "none")
-    assert (rpp.advantage, rpp.kl_mode, rpp.reward_clip, rpp.pre_clip) == (
-        "batch",
-        "k1_reward",
-        10.0,
-        False,
-    )
-    assert sr.pre_clip and sr.outlier_filter and sr.log_ratio_clip == PRECLIP_BOUNDS
-    assert rpp.log_ratio_clip is None and not rpp.outlier_filter
+    g = grpo.defaults
+    assert (grpo.scale_std, g.kl_mode, g.kl_coef, g.aggregation, grpo.needs_groups) == (
+        True, "k3_loss", 0.04, "seq_mean", True,
+    )  # fmt: skip
+    assert (dr.scale_std, dr.defaults.aggregation, dr.defaults.kl_mode) == (
+        False, "constant", "none",
+    )  # fmt: skip
+    r = rpp.defaults
+    assert (r.kl_mode, r.kl_coef, r.reward_clip, r.preclip, r.aggregation) == (
+        "k1_reward", 1e-3, 10.0, False, "seq_mean",
+    )  # fmt: skip
+    assert "k1_reward" in rpp.kl_modes and "k1_reward" not in grpo.kl_modes
+    s = sr.defaults
+    assert s.preclip and s.preclip_bounds == PRECLIP_BOUNDS and s.kl_coef == 0.0
+    assert (sr.filter_rules, s.filter_rule, s.filter_sigma) == (("paper", "released"), "paper", 3.0)
+    assert not rpp.filter_rules and r.filter_rule is None
     with pytest.raises(dataclasses.FrozenInstanceError):
-        grpo.kl_coef = 0.0  # type: ignore[misc]
+        g.kl_coef = 0.0  # type: ignore[misc]
     with pytest.raises(RmkitError, match="unknown RL algorithm"):
         get_algorithm("ppo")
+
+
+def test_register_refuses_inconsistent_definitions():
+    class Unnamed(Algorithm):
+        summary = "x"
+
+    with pytest.raises(TypeError, match="must set the class attribute 'name'"):
+        register(Unnamed)
+
+    class BadKL(Algorithm):
+        name = "bad_kl_test"
+        summary = "x"
+        defaults = Settings(kl_mode="k1_reward")  # not in kl_modes
+
+    with pytest.raises(TypeError, match="out of range"):
+        register(BadKL)
+    assert "bad_kl_test" not in ALGORITHMS
+
+
+def test_token_loss_is_the_clipped_surrogate_plus_the_k3_term():
+    logp = torch.tensor([[0.0, -1.0]])
+    old = torch.tensor([[0.0, -1.5]])  # ratio 1 and e^0.5 = 1.6487 > 1.2: clipped for A > 0
+    ref = torch.tensor([[-0.5, -1.0]])
+    mask = torch.ones(1, 2)
+    adv = torch.tensor([2.0])
+    grpo = ALGORITHMS["grpo"]
+    loss, st = grpo.token_loss(logp, old, adv, mask, grpo.defaults, ref)
+    k3_first = math.exp(-0.5) + 0.5 - 1  # exp(ref - logp) - (ref - logp) - 1
+    assert loss[0, 0].item() == pytest.approx(-2.0 + 0.04 * k3_first)
+    assert loss[0, 1].item() == pytest.approx(-1.2 * 2.0)  # clipped; k3 of equal log-probs is 0
+    assert st["clip_frac"].item() == pytest.approx(0.5)
+    off = dataclasses.replace(grpo.defaults, kl_mode="none", kl_coef=0.0)
+    assert grpo.token_loss(logp, old, adv, mask, off, ref)[0][0, 0].item() == pytest.approx(-2.0)
 
 
 def test_grpo_and_dr_grpo_token_advantages():
@@ -75,7 +119,64 @@ def test_reinforce_pp_uses_kl_only_in_k1_mode():
     with_kl, _ = compute_advantages(
         ALGORITHMS["reinforce_pp"], rewards, mask, token_kl=kl, kl_coef=0.5
     )
+    # KL mode off: the KL is not used even when given
+    off, _ = compute_advantages("reinforce_pp", rewards, mask, token_kl=kl, kl_mode="none")
+    assert off[0, 0].item() == pytest.approx(off[0, 1].item())
     without, _ = compute_advantages(ALGORITHMS["reinforce_pp"], rewards, mask)
     # with KL: token rewards [[-0.5, 1], [0, 0]] -> returns [[0.5, 1], [0, 0]]; without [[1,1],[0,0]]
     assert with_kl[0, 0].item() < with_kl[0, 1].item()
     assert without[0, 0].item() == pytest.approx(without[0, 1].item())
+
+
+def test_reinforce_pp_equal_rewards_give_near_zero_advantages():
+    # Every return is 0.7, which float32 cannot hold: the batch mean differs from it by a
+    # rounding error and the std is ~1e-8 instead of 0. std + 1e-8 would make every token's
+    # advantage about +-0.9; the variance floor keeps it at rounding size.
+    for n, t in ((7, 5), (64, 33), (3, 1)):
+        rewards = torch.full((n,), 0.7)
+        mask = torch.ones(n, t)
+        mask[0, max(1, t // 2) :] = 0  # ragged lengths too
+        for name in ("reinforce_pp", "stable_reinforce"):
+            adv, _ = compute_advantages(name, rewards, mask, kl_coef=0.0)
+            assert adv.abs().max().item() <= 1e-3, (name, n, t)
+    # the old form really was wrong on such a batch (sanity of the test itself)
+    from rmkit.algorithms import reinforce_pp_returns
+
+    ret = reinforce_pp_returns(torch.full((7,), 0.7), torch.ones(7, 5))
+    mean = ret.mean()
+    std = ((ret - mean) ** 2).mean().sqrt()
+    assert std.item() > 0  # float32 rounding makes it nonzero
+    assert ((ret - mean) / (std + 1e-8)).abs().max().item() > 0.1
+
+
+def _r1_batch(n_right: int, n_wrong: int):
+    """One token per completion; right answers 2.0 (0.5 format + 1 * (1 + 0.5 consistency)),
+    wrong ones 0.5 (format only)."""
+    rewards = torch.tensor([2.0] * n_right + [0.5] * n_wrong)
+    return rewards, torch.ones(n_right + n_wrong, 1)
+
+
+def test_released_filter_zeroes_wrong_answers_once_most_are_right():
+    # 17 of 20 right (85%): mean 1.775, population std 1.5 * sqrt(0.85 * 0.15) = 0.53559.
+    # z(right) = 0.225 / 0.53559 = 0.4201, z(wrong) = -1.275 / 0.53559 = -2.3805.
+    # Released window: raw mean +- 3 = [-1.225, 4.775]: every wrong z falls below it.
+    rewards, mask = _r1_batch(17, 3)
+    sr = ALGORITHMS["stable_reinforce"]
+    released = dataclasses.replace(sr.defaults, filter_rule="released")
+    adv, stats = compute_advantages(sr, rewards, mask, released)
+    assert adv[:17, 0].tolist() == pytest.approx([0.4201] * 17, abs=1e-4)
+    assert adv[17:, 0].tolist() == [0.0, 0.0, 0.0]
+    assert stats["adv/filtered_frac"] == pytest.approx(3 / 20)
+    # the paper rule (|z| <= 3) keeps the wrong answers' negative advantages
+    paper, pstats = compute_advantages(sr, rewards, mask)
+    assert paper[17:, 0].tolist() == pytest.approx([-2.3805] * 3, abs=1e-4)
+    assert pstats["adv/filtered_frac"] == 0.0
+
+
+def test_released_filter_keeps_wrong_answers_while_few_are_right():
+    # 1 of 2 right: mean 1.25, std 0.75, z = +-1; window [-1.75, 4.25]: both kept.
+    rewards, mask = _r1_batch(1, 1)
+    released = dataclasses.replace(ALGORITHMS["stable_reinforce"].defaults, filter_rule="released")
+    adv, stats = compute_advantages("stable_reinforce", rewards, mask, released)
+    assert adv[:, 0].tolist() == pytest.approx([1.0, -1.0], abs=1e-5)
+    assert stats["adv/filtered_frac"] == 0.0

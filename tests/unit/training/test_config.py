@@ -84,10 +84,13 @@ def test_algorithm_defaults_are_filled_in():
         "k1_reward",
         1e-3,
         10.0,
-        "token_mean",
+        "seq_mean",
     )
+    assert rpp.filter_rule is None and rpp.filter_sigma is None
     sr = check(rl_cfg(**{"rl.algorithm": "stable_reinforce"})).rl
-    assert sr.preclip is True and sr.filter_sigma == 3.0
+    assert sr.preclip is True and sr.filter_sigma == 3.0 and sr.filter_rule == "paper"
+    rel = check(rl_cfg(**{"rl.algorithm": "stable_reinforce", "rl.filter_rule": "released"})).rl
+    assert rel.filter_rule == "released"
     assert sr.preclip_bounds == pytest.approx((-6.907755, 6.907755))
     dr = check(rl_cfg(**{"rl.algorithm": "dr_grpo", "rl.clip_high": 0.28})).rl
     assert (dr.kl.mode, dr.kl.coef, dr.aggregation, dr.clip_low, dr.clip_high) == (
@@ -111,8 +114,14 @@ def test_explicit_knobs_win_and_kl_off_zeroes_the_coefficient():
 def test_mismatched_knobs_say_how_to_fix():
     with pytest.raises(ConfigError, match="filter_sigma applies to stable_reinforce only"):
         check(rl_cfg(**{"rl.filter_sigma": 2.0}))
-    with pytest.raises(ConfigError, match="use k3_loss or none"):
+    with pytest.raises(ConfigError, match="does not fit 'grpo'.*use none or k3_loss"):
         check(rl_cfg(**{"rl.kl": {"mode": "k1_reward"}}))
+    with pytest.raises(ConfigError, match="filter_rule applies to stable_reinforce only"):
+        check(rl_cfg(**{"rl.filter_rule": "released"}))
+    with pytest.raises(ConfigError, match="filter_rule"):
+        check(rl_cfg(**{"rl.algorithm": "stable_reinforce", "rl.filter_rule": "strict"}))
+    with pytest.raises(ConfigError, match="ppo"):
+        check(rl_cfg(**{"rl.algorithm": "ppo"}))
     with pytest.raises(ConfigError, match="needs rewards"):
         check({k: v for k, v in rl_cfg().items() if k != "rewards"})
     with pytest.raises(ConfigError, match="max_steps and/or epochs"):
