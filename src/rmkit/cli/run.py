@@ -73,7 +73,7 @@ def print_plan(plan, run_dir: Path) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from rmkit.pipeline.stages import launch_command, stage_inputs
+    from rmkit.pipeline.stages import launch_command, stage_inputs, stage_settings
 
     t = Table(title=escape(f"rmkit run -> {run_dir}"))
     for col in ("stage", "kind", "status", "action", "inputs (main)", "output"):
@@ -93,6 +93,12 @@ def print_plan(plan, run_dir: Path) -> None:
         if p.stage.launch is not None:
             cmd = " ".join(launch_command(p.stage, p.action == "resume"))
             con.print(f"{p.stage.name}: {cmd}", soft_wrap=True, markup=False)
+    for p in plan:
+        settings = stage_settings(p.stage)
+        if settings:
+            con.print(
+                f"{p.stage.name} settings: " + " ".join(settings), soft_wrap=True, markup=False
+            )
 
 
 def print_summary(summary: dict, run_dir: Path) -> None:

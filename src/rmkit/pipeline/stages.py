@@ -191,6 +191,48 @@ def _launch_train(stage: Stage, resume: bool) -> dict[str, Any]:
     return read_json(summary_path) if summary_path.is_file() else {}
 
 
+# The settings the plan shows per stage kind (top-level config sections; None values omitted).
+SETTINGS_SHOWN = {
+    "train": ("stage", "model", "weights", "optim", "batch", "rl", "rewards", "epochs"),
+    "distill": ("mode", "template", "limit", "sample", "sampling", "filters", "rejection", "hard"),
+    "eval": ("benchmark", "template", "method", "votes", "sampling"),
+    "caption": ("sampling",),
+}
+_NOT_SHOWN = {"rollout", "lora", "shared_prompts", "base_url", "api_key_env", "cache_dir"}
+
+
+def stage_settings(stage: Stage) -> list[str]:
+    """The resolved settings that decide what a stage computes, as ``key=value`` strings (the
+    values the run will use, algorithm and benchmark defaults filled in)."""
+    shown = SETTINGS_SHOWN.get(stage.kind)
+    if not shown:
+        return []
+    data = stage.config.model_dump(mode="json")
+    if stage.kind == "train" and data.get("stage") != "rl":
+        data.pop("rl", None)
+        data.pop("rewards", None)
+    out: list[str] = []
+
+    def walk(prefix: str, value: Any) -> None:
+        if value is None:
+            return
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if k not in _NOT_SHOWN:
+                    walk(f"{prefix}.{k}" if prefix else k, v)
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            for v in value:
+                name = v.get("name", "?")
+                walk(f"{prefix}[{name}]", {k: x for k, x in v.items() if k != "name"})
+        else:
+            out.append(f"{prefix}={value}")
+
+    for key in shown:
+        if key in data:
+            walk(key, data[key])
+    return out
+
+
 def stage_inputs(stage: Stage) -> list[str]:
     """The main input paths of a stage (for the plan): data it reads, models it starts from."""
     c, kind = stage.config, stage.kind

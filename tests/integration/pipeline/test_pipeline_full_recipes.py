@@ -28,6 +28,14 @@ def test_validates_and_dry_run_prints_the_plan(name, tmp_path, capsys):
     for stage in stages(name, tmp_path).values():
         assert stage.name in out and stage.kind in out
     assert "pending" in out and "accelerate.commands.launch --config_file" in out
+    # the resolved settings of every training stage, algorithm defaults filled in
+    for stage in stages(name, tmp_path).values():
+        if stage.kind == "train" and stage.config.stage == "rl":
+            line = next(x for x in out.splitlines() if x.startswith(f"{stage.name} settings: "))
+            rl = stage.config.rl
+            for shown in (f"rl.algorithm={rl.algorithm}", f"rl.aggregation={rl.aggregation}",
+                          f"rl.kl.mode={rl.kl.mode}", f"rl.top_p={rl.top_p}"):  # fmt: skip
+                assert shown in line
     assert not (tmp_path / "run").exists()
 
 
