@@ -7,12 +7,18 @@ One command, three modes that share the sampling, filtering and resumable-output
   (and optionally the consistency check) become SFT trace records (UnifiedReward-Think's cold
   start).
 - ``rejection-sampling``: the same with the model being trained as the sampler; every record
-  lands in exactly one of two sets: its kept traces (SFT) or, when no trace was kept, the RL set
-  ``rl.jsonl`` (UnifiedReward-Think's split).
+  lands in at most one of two sets: its kept traces (SFT) or, when no trace was kept, the RL set
+  ``rl.jsonl`` (UnifiedReward-Think's split; ``rejection.rl: wrong`` sends only records with no
+  correct sample there).
 - ``cmkd``: a caption-conditioned model samples ``n`` per caption-substituted record; the best
   sample (correct, then well formatted, then most confident) becomes the SFT target of the
   matching image record: its caption block followed by the trace (MSRL's cross-modal
   distillation).
+
+``sampling.attempts`` asks again for a record with no kept trace, up to that many times, and
+labels each record with the attempts it needed (R1-Reward's difficulty label; ``hard`` writes
+the hard subset to ``hard.jsonl``). ``sample`` draws a seeded random subset of the input instead
+of ``limit``'s first records.
 """
 
 from __future__ import annotations
@@ -30,6 +36,14 @@ MODES = ("teacher", "rejection-sampling", "cmkd")
 
 class SamplingConfig(StrictModel):
     samples: int = Field(4, ge=1, description="completions per record (n)")
+    attempts: int = Field(
+        1,
+        ge=1,
+        le=100,
+        description="ask again, up to this many times in all, for a record whose completions "
+        "gave no kept trace; each attempt draws `samples` completions with seeds of its own "
+        "(R1-Reward: 3 attempts of 1 sample at temperature 0)",
+    )
     temperature: float = Field(1.0, ge=0, description="0 = greedy (then samples must be 1)")
     top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = Field(1024, ge=1)
@@ -90,6 +104,24 @@ class RejectionConfig(StrictModel):
     keep: Literal["all", "one"] = Field(
         "all", description="all correct traces of a record, or only the best one"
     )
+    rl: Literal["not_kept", "wrong"] = Field(
+        "not_kept",
+        description="which records without a kept trace go to rl.jsonl: all of them "
+        "(not_kept), or only those none of whose samples had the right verdict (wrong: a "
+        "record with a correct but filtered sample, e.g. badly formatted, goes to neither set "
+        "and is counted as dropped_records)",
+    )
+
+
+class HardConfig(StrictModel):
+    """The hard subset (``hard.jsonl``): records that needed several attempts or none solved."""
+
+    min_difficulty: int = Field(
+        2,
+        ge=2,
+        description="records whose difficulty (the attempt that first gave a kept trace; "
+        "attempts + 1 when none did) is at least this go to hard.jsonl",
+    )
 
 
 class CmkdConfig(StrictModel):
@@ -120,9 +152,18 @@ class DistillConfig(StrictModel):
     filters: FilterConfig = Field(default_factory=FilterConfig)
     pricing: PricingConfig = Field(default_factory=PricingConfig)
     rejection: RejectionConfig = Field(default_factory=RejectionConfig)
+    hard: HardConfig | None = Field(
+        None, description="write the hard subset to hard.jsonl (needs sampling.attempts > 1)"
+    )
     cmkd: CmkdConfig = Field(default_factory=CmkdConfig)
     seed: int = Field(0, description="seeds candidate orders and sampling")
     limit: int | None = Field(None, ge=1, description="process only the first N records")
+    sample: int | None = Field(
+        None,
+        ge=1,
+        description="process N records drawn uniformly at random from the whole input "
+        "(seeded by seed; kept in input order)",
+    )
     chunk_records: int | None = Field(
         None,
         ge=1,
@@ -149,6 +190,31 @@ class DistillConfig(StrictModel):
             raise ValueError("mode cmkd needs cmkd.image_records (the records with real images)")
         if self.mode == "cmkd" and not self.filters.correct:
             raise ValueError("mode cmkd always selects by correctness: leave filters.correct true")
+        if self.limit is not None and self.sample is not None:
+            raise ValueError(
+                "set limit (the first N records) or sample (N records drawn at random), not both"
+            )
+        attempts = self.sampling.attempts
+        if self.mode == "cmkd" and attempts > 1:
+            raise ValueError(
+                "sampling.attempts works in modes teacher and rejection-sampling; cmkd selects "
+                "among the samples of one draw: raise sampling.samples instead"
+            )
+        if self.hard is not None and attempts == 1:
+            raise ValueError(
+                "hard needs sampling.attempts > 1 (the difficulty label is the number of "
+                "attempts a record needed)"
+            )
+        if self.hard is not None and self.hard.min_difficulty > attempts + 1:
+            raise ValueError(
+                f"hard.min_difficulty is at most sampling.attempts + 1 = {attempts + 1} (the "
+                f"difficulty of a record no attempt solved); got {self.hard.min_difficulty}"
+            )
+        if self.mode != "rejection-sampling" and self.rejection.rl != "not_kept":
+            raise ValueError(
+                "rejection.rl decides which records go to rl.jsonl, which only mode "
+                "rejection-sampling writes"
+            )
         return self
 
     @classmethod

@@ -13,6 +13,16 @@ call per ``chunk_records`` records), turned into output lines (:mod:`rmkit.disti
 (:class:`rmkit.distill.state.RunState`: output lines flushed, then the done line). Files are
 fsynced and the backend's usage logged every ``chunk_records`` records; ``summary.json`` is
 written at the end, and also when a run stops on an error.
+
+Attempts (``sampling.attempts`` = N > 1): the records go through up to N rounds. Round k sends
+every record that no earlier attempt gave a kept trace (after every filter, consistency
+included); a record is committed as soon as an attempt keeps a trace, or after attempt N, with
+the samples of all its attempts and its attempt label (:func:`rmkit.distill.outcome.attempt_info`).
+Attempt k's request seeds start at ``seed + (k - 1) * samples`` (the seeds one draw of ``N *
+samples`` samples would use), and an API teacher caches attempt k >= 2 in a cache of its own
+(``cache/attempt-k/``): a greedy request's cache key ignores the seed, so without it attempt 2
+would be answered from attempt 1's entry instead of asking the teacher again. A resumed run gets
+every attempt already answered from these caches, so none is paid twice.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +93,7 @@ class Distiller:
 
     # ------------------------------------------------------------------ setup
 
-    def sampling_params(self, chunk: list[Item]) -> Any:
+    def sampling_params(self, chunk: list[Item], attempt: int = 1) -> Any:
         from rmkit.generation import SamplingParams
 
         s = self.cfg.sampling
@@ -90,9 +101,11 @@ class Distiller:
             self.cfg.mode == "cmkd"
             or (self.cfg.mode == "rejection-sampling" and self.cfg.rejection.keep == "one")
         )
-        seed = self.cfg.seed
+        # attempt k: the seeds after those of attempts 1..k-1 (sent as seed + sample index)
+        seed = self.cfg.seed + (attempt - 1) * s.samples
         if not self.cfg.teacher.is_api:  # no request cache: a fresh seed per chunk
-            digest = hashlib.sha256(f"{seed}:{chunk[0].id}".encode()).digest()
+            tag = f"{self.cfg.seed}:{chunk[0].id}" + (f":attempt-{attempt}" if attempt > 1 else "")
+            digest = hashlib.sha256(tag.encode()).digest()
             seed = int.from_bytes(digest[:4], "big")
         return SamplingParams(
             n=s.samples,
@@ -118,23 +131,34 @@ class Distiller:
         """Process every record not yet done; write and return the summary."""
         t0 = time.monotonic()
         items, self.cmkd_root = load_items(self.cfg, self.tpl, self.src_file)
-        outputs = (
-            ("traces", "rejects", "rl")
-            if self.cfg.mode == "rejection-sampling"
-            else ("traces", "rejects")
-        )
+        outputs = ("traces", "rejects")
+        if self.cfg.mode == "rejection-sampling":
+            outputs += ("rl",)
+        if self.cfg.hard is not None:
+            outputs += ("hard",)
         with RunState(self.out, fingerprint(self.cfg), outputs, restart=self.restart) as state:
             self.state = state
             pending = [it for it in items if it.id not in state.done]
             log.info(
-                "distill (%s): %d record(s), %d already done, %d to go; %d sample(s) each from %s",
+                "distill (%s): %d record(s), %d already done, %d to go; %d sample(s) each%s "
+                "from %s",
                 self.cfg.mode,
                 len(items),
                 len(items) - len(pending),
                 len(pending),
                 self.cfg.sampling.samples,
+                f", up to {self.cfg.sampling.attempts} attempts"
+                if self.cfg.sampling.attempts > 1
+                else "",
                 self.cfg.teacher.name,
             )
+            s = self.cfg.sampling
+            if s.attempts > 1 and s.temperature == 0 and not self.cfg.teacher.is_api:
+                log.warning(
+                    "sampling.attempts with a local model at temperature 0: greedy decoding "
+                    "repeats the same answer, so attempts after the first only cost time; "
+                    "set a temperature above 0 for attempts that can differ"
+                )
             complete = False
             try:
                 self._process(pending)
@@ -157,31 +181,72 @@ class Distiller:
         self._since_sync = 0
         # consistency: one judge call per batch of records; otherwise records go one by one
         batch_size = self.chunk_size() if self.cfg.filters.consistency else 1
-        batch: list[Outcome] = []
         failed: list[RmkitError] = []
+        earlier: dict[str, Outcome] = {}  # records still without a kept trace: their attempts
 
-        def records() -> Iterator[tuple[Item, list[dict], list[Any]]]:
+        def records(items: list[Item], k: int) -> Iterator[tuple[Item, list[dict], list[Any]]]:
             try:
-                yield from self._generate(todo)
+                yield from self._generate(items, k)
             except RmkitError as e:  # a request failed: first keep what did finish
                 failed.append(e)
 
         with Progress("distill", total=len(todo), unit="records") as prog:
             try:
-                for item, conv, comps in records():
-                    batch.append(judge_item(self, item, conv, comps))
-                    if len(batch) >= batch_size:
-                        self._finish(batch, prog)
-                        batch = []
-                if batch:
-                    self._finish(batch, prog)
+                for k in range(1, self.cfg.sampling.attempts + 1):
+                    again: list[Item] = []
+                    batch: list[Outcome] = []
+                    with self._attempt_cache(k):
+                        for item, conv, comps in records(todo, k):
+                            batch.append(self._attempt_outcome(item, conv, comps, k))
+                            if len(batch) >= batch_size:
+                                again += self._finish(batch, prog, k, earlier)
+                                batch = []
+                        if batch:
+                            again += self._finish(batch, prog, k, earlier)
+                    if failed or not again:
+                        break
+                    todo = again
             finally:
                 self.state.sync()
                 self._usage.flush()
         if failed:
             raise failed[0]
 
-    def _generate(self, todo: list[Item]) -> Iterator[tuple[Item, list[dict], list[Any]]]:
+    def _attempt_outcome(
+        self, item: Item, conv: list[dict], comps: list[Any], attempt: int
+    ) -> Outcome:
+        """The record's samples of attempt ``attempt``, judged (indices after the earlier
+        attempts' samples)."""
+        o = judge_item(self, item, conv, comps)
+        for s in o.samples:
+            s.index += (attempt - 1) * self.cfg.sampling.samples
+        if self.cfg.sampling.attempts > 1:
+            o.attempts = attempt
+        return o
+
+    @contextmanager
+    def _attempt_cache(self, attempt: int) -> Iterator[None]:
+        """Attempt ``attempt`` >= 2 of an API teacher answers from (and stores in) a request
+        cache of its own, ``attempt-<k>/`` beside the main one: it asks the teacher again
+        where a greedy request would otherwise hit attempt 1's cache entry."""
+        backend = self.backend()
+        main = getattr(backend, "cache", None)
+        if attempt == 1 or main is None:
+            yield
+            return
+        from rmkit.generation.base import CompletionCache
+
+        cache = CompletionCache(Path(main.path).parent / f"attempt-{attempt}")
+        backend.cache = cache
+        try:
+            yield
+        finally:
+            backend.cache = main
+            cache.close()
+
+    def _generate(
+        self, todo: list[Item], attempt: int = 1
+    ) -> Iterator[tuple[Item, list[dict], list[Any]]]:
         """``(item, prompt, completions)`` per record, as they come: one stream for an API
         teacher, a ``generate`` call per chunk of records otherwise."""
         backend = self.backend()
@@ -193,7 +258,7 @@ class Distiller:
                     prompts[i] = self._render(it)
                     yield prompts[i]
 
-            stream = backend.generate_iter(render_all(), self.sampling_params(todo[:1]))
+            stream = backend.generate_iter(render_all(), self.sampling_params(todo[:1], attempt))
             for i, comps in stream:
                 yield todo[i], prompts.pop(i), comps
             return
@@ -201,7 +266,7 @@ class Distiller:
         for start in range(0, len(todo), size):
             chunk = todo[start : start + size]
             convs = [self._render(it) for it in chunk]
-            outs = backend.generate(convs, self.sampling_params(chunk))
+            outs = backend.generate(convs, self.sampling_params(chunk, attempt))
             yield from zip(chunk, convs, outs, strict=True)
 
     def _render(self, item: Item) -> list[dict]:
@@ -209,21 +274,36 @@ class Distiller:
 
         return render_judge_messages(item.record, item.order, self.tpl, self.image_root)
 
-    def _finish(self, outcomes: list[Outcome], prog: Any) -> None:
-        """Filter a batch of judged records further (consistency, keep: one) and commit them."""
+    def _finish(
+        self, outcomes: list[Outcome], prog: Any, attempt: int, earlier: dict[str, Outcome]
+    ) -> list[Item]:
+        """Filter a batch of judged records further (consistency, keep: one) and commit them;
+        returns the records to try again (no kept trace, attempts left), whose outcomes so far
+        wait in ``earlier``."""
         if self.cfg.mode != "cmkd":
             self._consistency(outcomes)
             if self.cfg.mode == "rejection-sampling" and self.cfg.rejection.keep == "one":
                 for o in outcomes:
                     S.keep_only_best(o.samples, S.EXTRA)
+        again: list[Item] = []
+        done = 0
         for o in outcomes:
+            before = earlier.pop(o.item.id, None)
+            if before is not None:
+                o = before.then(o, attempt)
+            if attempt < self.cfg.sampling.attempts and not o.kept_any():
+                earlier[o.item.id] = o
+                again.append(o.item)
+                continue
             self._commit(o)
-        self._since_sync += len(outcomes)
+            done += 1
+        self._since_sync += done
         if self._since_sync >= self.chunk_size():
             self.state.sync()
             self._usage.flush()
             self._since_sync = 0
-        self._progress(prog, len(outcomes))
+        self._progress(prog, done)
+        return again
 
     def _progress(self, prog: Any, advance: int) -> None:
         usage = self.state.usage_total()

@@ -3,6 +3,9 @@
 - Records are unified preference records (``docs/records.md``); an *unlabelled* record (``label``
   null with ``label_kind`` "preferred") is accepted here, because CMKD takes the majority vote
   as its pseudo-label and a teacher run without the correctness filter needs no label.
+- ``sample: N`` keeps the N records whose seeded hash of their id ranks lowest: a uniform random
+  subset of the whole input that depends only on the seed and the ids (not on the file order),
+  so every run and every resume picks the same records, and a larger N picks a superset.
 - Each record's candidates are shown in a seeded random order that depends only on the seed and
   the record id, so a resumed run sends exactly the same prompts (and hits the request cache).
 - Prompts are rendered with absolute image paths for the backend; the stored copies (trace
@@ -73,6 +76,23 @@ def read_input(path: str | os.PathLike, limit: int | None = None) -> list[dict[s
     if not out:
         raise RmkitError(f"{path}: no records", hint="build records with `rmkit build-data`")
     return out
+
+
+def sample_records(records: list[dict[str, Any]], n: int, seed: int) -> list[dict[str, Any]]:
+    """``n`` records drawn uniformly at random (all of them when there are no more), in input
+    order.
+
+    A record's draw is the SHA-256 of ``(seed, id)``: the ``n`` lowest are kept, so the subset
+    is a pure function of the seed and the set of ids.
+    """
+    if n >= len(records):
+        return list(records)
+
+    def rank(rec: dict[str, Any]) -> bytes:
+        return hashlib.sha256(f"distill-sample:{seed}:{rec['id']}".encode()).digest()
+
+    chosen = {id(r) for r in sorted(records, key=rank)[:n]}
+    return [r for r in records if id(r) in chosen]
 
 
 def record_order(record_id: str, n_candidates: int, seed: int) -> list[int]:

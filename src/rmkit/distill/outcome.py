@@ -5,6 +5,10 @@ image record's target) into an :class:`Outcome`; after the batch-level filters (
 ``keep: one``) the :class:`~rmkit.distill.engine.Distiller` commits it with the lines and the
 done-log entry of :func:`record_lines`. The functions take the run for its config, templates and
 folders (as :func:`rmkit.distill.cmkd.cmkd_lines` does).
+
+With ``sampling.attempts`` > 1 a record's outcome holds the samples of every attempt it took
+(attempt k's sample s has index ``(k - 1) * samples + s``), and every line it produces carries
+the attempt label of :func:`attempt_info`.
 """
 
 from __future__ import annotations
@@ -32,6 +36,44 @@ class Outcome:
     record_reason: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     tokens: dict[str, int] = field(default_factory=dict)
+    attempts: int | None = None  # attempts made (sampling.attempts > 1 only)
+
+    def kept_any(self) -> bool:
+        return any(s.kept for s in self.samples)
+
+    def then(self, later: Outcome, attempt: int) -> Outcome:
+        """This record's earlier attempts followed by attempt ``attempt`` (``later``)."""
+        tokens = dict(self.tokens)
+        for key, value in later.tokens.items():
+            tokens[key] = tokens.get(key, 0) + value
+        return Outcome(
+            later.item,
+            later.messages,
+            [*self.samples, *later.samples],
+            later.record_reason,
+            later.extra,
+            tokens,
+            attempt,
+        )
+
+
+def attempt_info(o: Outcome, max_attempts: int) -> dict[str, Any]:
+    """The difficulty label of a record sampled with ``sampling.attempts`` (else ``{}``):
+    ``attempts`` made, ``solved`` (a trace was kept), ``difficulty`` (the attempt that gave the
+    kept trace; ``max_attempts + 1`` when none did).
+
+    >>> from rmkit.distill.outputs import Item
+    >>> attempt_info(Outcome(Item("a", {}, [0, 1]), [], [], attempts=3), 3)
+    {'attempts': 3, 'solved': False, 'difficulty': 4}
+    """
+    if o.attempts is None:
+        return {}
+    solved = o.kept_any()
+    return {
+        "attempts": o.attempts,
+        "solved": solved,
+        "difficulty": o.attempts if solved else max_attempts + 1,
+    }
 
 
 def judge_item(run: Distiller, item: Item, conv: list[dict], comps: list[Any]) -> Outcome:
@@ -84,18 +126,31 @@ def record_lines(run: Distiller, o: Outcome) -> tuple[dict[str, list[dict]], dic
     from rmkit.distill.cmkd import cmkd_lines
 
     item = o.item
+    info = attempt_info(o, run.cfg.sampling.attempts)
     lines: dict[str, list[dict]] = {"traces": [], "rejects": []}
     if run.cfg.mode == "cmkd":
         lines = cmkd_lines(run, o)
     else:
-        lines["traces"] = _trace_lines(run, o)
+        lines["traces"] = _trace_lines(run, o, info)
         lines["rejects"] = [reject_line(item, s) for s in o.samples if not s.kept]
+        if info:
+            n = run.cfg.sampling.samples
+            for line, s in zip(lines["rejects"], [s for s in o.samples if not s.kept], strict=True):
+                line["attempt"] = s.index // n + 1
     if o.record_reason and not o.samples:
         lines["rejects"].append(record_reject_line(item, o.record_reason))
     kept = len(lines["traces"])
-    rl = run.cfg.mode == "rejection-sampling" and not item.skip and kept == 0
+    rl = dropped = False
+    if run.cfg.mode == "rejection-sampling" and not item.skip and kept == 0:
+        # rl: wrong sends only records none of whose samples had the right verdict
+        dropped = run.cfg.rejection.rl == "wrong" and any(s.correct for s in o.samples)
+        rl = not dropped
     if rl:
-        lines["rl"] = [rebase_record(item.record, run.image_root, run.out)]
+        lines["rl"] = [_labelled_record(run, item, info)]
+    hard = bool(info) and run.cfg.hard is not None
+    hard = hard and info["difficulty"] >= run.cfg.hard.min_difficulty  # type: ignore[union-attr]
+    if hard:
+        lines["hard"] = [_labelled_record(run, item, info)]
     entry = {
         "samples": len(o.samples),
         "kept": kept,
@@ -104,6 +159,9 @@ def record_lines(run: Distiller, o: Outcome) -> tuple[dict[str, list[dict]], dic
         "record_reason": o.record_reason,
         "skipped": bool(item.skip),
         "rl": rl,
+        **({"dropped": True} if dropped else {}),
+        **info,
+        **({"hard": hard} if run.cfg.hard is not None and not item.skip else {}),
         "completion_tokens": sum(s.n_tokens for s in o.samples),
         **{k: v for k, v in o.extra.items() if k in ("pseudo_label", "confidence")},
         "target": "target" in o.extra,
@@ -113,12 +171,29 @@ def record_lines(run: Distiller, o: Outcome) -> tuple[dict[str, list[dict]], dic
     return lines, entry
 
 
-def _trace_lines(run: Distiller, o: Outcome) -> list[dict]:
+def _labelled_record(run: Distiller, item: Item, info: dict[str, Any]) -> dict[str, Any]:
+    """The record for rl.jsonl / hard.jsonl (image paths relative to the output folder), with
+    the attempt label in its ``meta``."""
+    rec = rebase_record(item.record, run.image_root, run.out)
+    if info:
+        rec["meta"] = {**(rec.get("meta") or {}), **info}
+    return rec
+
+
+def _trace_lines(run: Distiller, o: Outcome, info: dict[str, Any]) -> list[dict]:
     kept = [s for s in o.samples if s.kept]
     if not kept:
         return []
     messages, images = stored_messages(o.messages, run.out)
     return [
-        trace_line(o.item, s, messages, images, teacher=run.cfg.teacher.name, template=run.tpl.name)
+        trace_line(
+            o.item,
+            s,
+            messages,
+            images,
+            teacher=run.cfg.teacher.name,
+            template=run.tpl.name,
+            extra_meta=info or None,
+        )
         for s in kept
     ]

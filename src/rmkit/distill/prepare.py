@@ -3,6 +3,7 @@ and the optional consistency filter (a judge call per chunk)."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -14,21 +15,27 @@ from rmkit.distill.inputs import (
     pair_caption_records,
     read_input,
     record_order,
+    sample_records,
 )
 from rmkit.distill.outputs import Item
 from rmkit.errors import ConfigError, RmkitError
 from rmkit.generation.config import BackendConfig
 from rmkit.prompts import JudgeTemplate
 
+log = logging.getLogger(__name__)
+
 
 def fingerprint(cfg: DistillConfig) -> dict[str, Any]:
     """The settings that decide a run's outputs (a resumed run must use the same)."""
     cons = cfg.filters.consistency
-    return {
+    sampling = cfg.sampling.model_dump()
+    if sampling.get("attempts") == 1:  # the default: folders from before the option still match
+        del sampling["attempts"]
+    out = {
         "mode": cfg.mode,
         "teacher": cfg.teacher.name,
         "template": cfg.template,
-        "sampling": cfg.sampling.model_dump(),
+        "sampling": sampling,
         "filters": {
             "correct": cfg.filters.correct,
             "format": cfg.filters.format,
@@ -39,6 +46,12 @@ def fingerprint(cfg: DistillConfig) -> dict[str, Any]:
         "keep": cfg.rejection.keep if cfg.mode == "rejection-sampling" else None,
         "image_template": cfg.cmkd.image_template if cfg.mode == "cmkd" else None,
     }
+    # settings added later: only when set, so folders from before them still resume
+    if cfg.hard is not None:
+        out["hard"] = cfg.hard.min_difficulty
+    if cfg.mode == "rejection-sampling" and cfg.rejection.rl != "not_kept":
+        out["rl"] = cfg.rejection.rl
+    return out
 
 
 def make_generator(
@@ -94,6 +107,14 @@ def load_items(
 ) -> tuple[list[Item], Path | None]:
     """The run's work items, and for CMKD the folder the image records' paths start from."""
     records = read_input(src_file, cfg.limit)
+    if cfg.sample is not None:
+        if cfg.sample >= len(records):
+            log.warning(
+                "sample %d: the input has only %d record(s); using all of them",
+                cfg.sample,
+                len(records),
+            )
+        records = sample_records(records, cfg.sample, cfg.seed)
     if cfg.mode != "cmkd":
         items = [
             Item(

@@ -5,8 +5,10 @@ Layout of ``DIR``::
     traces.jsonl        kept SFT trace records            (appended per finished record)
     rejects.jsonl       rejected samples, with reasons    (appended per finished record)
     rl.jsonl            rejection sampling: the RL set    (appended per finished record)
+    hard.jsonl          with ``hard``: the hard subset    (appended per finished record)
     summary.json        counts, calls, tokens, cost       (written atomically at the end)
-    cache/              the generation backend's request cache (completions.jsonl)
+    cache/              the generation backend's request cache (completions.jsonl; attempt k
+                        of ``sampling.attempts`` > 1 in cache/attempt-k/)
     state/run.json      the settings fingerprint of the run in this folder
     state/done.jsonl    one line per finished record, written *last*
     state/usage.jsonl   backend usage (calls, tokens) per generate call
@@ -43,7 +45,12 @@ RUN_FILE = "run.json"
 DONE_FILE = "done.jsonl"
 USAGE_FILE = "usage.jsonl"
 SUMMARY_FILE = "summary.json"
-OUTPUT_FILES = {"traces": "traces.jsonl", "rejects": "rejects.jsonl", "rl": "rl.jsonl"}
+OUTPUT_FILES = {
+    "traces": "traces.jsonl",
+    "rejects": "rejects.jsonl",
+    "rl": "rl.jsonl",
+    "hard": "hard.jsonl",
+}
 
 
 def read_log(path: Path) -> tuple[list[dict[str, Any]], int]:

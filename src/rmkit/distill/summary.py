@@ -132,7 +132,17 @@ def count_entries(entries: list[dict[str, Any]]) -> dict[str, Any]:
     by_reason: Counter = Counter()
     skipped: Counter = Counter()
     record_reasons: Counter = Counter()
-    totals = {"requested": 0, "kept": 0, "rejected": 0, "rl_records": 0, "sft_records": 0}
+    difficulty: Counter = Counter()
+    totals = {
+        "requested": 0,
+        "kept": 0,
+        "rejected": 0,
+        "rl_records": 0,
+        "sft_records": 0,
+        "dropped_records": 0,
+        "hard_records": 0,
+        "attempts_made": 0,
+    }
     cmkd = {"targets": 0, "pseudo_labelled": 0, "without_confidence": 0}
     for e in entries:
         totals["requested"] += e.get("samples", 0)
@@ -140,6 +150,11 @@ def count_entries(entries: list[dict[str, Any]]) -> dict[str, Any]:
         totals["rejected"] += e.get("rejected", 0)
         totals["rl_records"] += int(bool(e.get("rl")))
         totals["sft_records"] += int(e.get("kept", 0) > 0)
+        totals["dropped_records"] += int(bool(e.get("dropped")))
+        totals["hard_records"] += int(bool(e.get("hard")))
+        if "difficulty" in e:
+            difficulty[e["difficulty"]] += 1
+            totals["attempts_made"] += e.get("attempts", 0)
         by_reason.update(e.get("reasons") or {})
         reason = e.get("record_reason")
         if reason and e.get("skipped"):
@@ -155,6 +170,7 @@ def count_entries(entries: list[dict[str, Any]]) -> dict[str, Any]:
         "by_reason": dict(sorted(by_reason.items())),
         "skipped": dict(sorted(skipped.items())),
         "records_without_trace": dict(sorted(record_reasons.items())),
+        "by_difficulty": {str(k): v for k, v in sorted(difficulty.items())},
         "cmkd": cmkd,
     }
 
@@ -258,6 +274,20 @@ def _mode_extras(
     if cfg.mode == "rejection-sampling":
         extra["sft_records"] = counts["sft_records"]
         extra["rl_records"] = counts["rl_records"]
+        extra["dropped_records"] = counts["dropped_records"]
+    if cfg.sampling.attempts > 1:
+        n = cfg.sampling.attempts
+        by = counts["by_difficulty"]
+        extra["attempts"] = {
+            "max": n,
+            "made": counts["attempts_made"],
+            "by_difficulty": by,
+            "solved": sum(v for k, v in by.items() if int(k) <= n),
+            "unsolved": by.get(str(n + 1), 0),
+        }
+        if cfg.hard is not None:
+            extra["attempts"]["hard_records"] = counts["hard_records"]
+            extra["attempts"]["hard_min_difficulty"] = cfg.hard.min_difficulty
     if cfg.mode == "cmkd":
         c = counts["cmkd"]
         extra["cmkd"] = {

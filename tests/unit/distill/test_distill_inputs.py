@@ -14,8 +14,10 @@ from rmkit.distill.inputs import (
     read_input,
     rebase_record,
     record_order,
+    sample_records,
     stored_messages,
 )
+from rmkit.distill.prepare import fingerprint
 from rmkit.errors import ConfigError, DataError, RmkitError
 from rmkit.utils.io import write_jsonl_atomic
 
@@ -141,3 +143,60 @@ def test_config_rules(tmp_path):
     assert cfg.cmkd.image_records == str(tmp_path / "r" / "data" / "img.jsonl")
     assert cfg.sampling.samples == 3
     assert cfg.teacher.name == "m"
+
+
+def test_sample_records_is_seeded_uniform_and_keeps_input_order():
+    records = [rec(i, source="hpd" if i < 50 else "pick") for i in range(100)]
+    got = sample_records(records, 10, seed=0)
+    assert len(got) == 10 and {r["source"] for r in got} == {"hpd", "pick"}
+    assert got == sample_records(records, 10, seed=0)  # reproducible
+    assert got != sample_records(records, 10, seed=1)
+    assert [r["id"] for r in got] == [r["id"] for r in records if r in got]  # input order
+    # a pure function of the seed and the ids: the file order does not matter ...
+    assert {r["id"] for r in sample_records(records[::-1], 10, 0)} == {r["id"] for r in got}
+    # ... and a larger sample is a superset (a resumed run may grow it, as with limit)
+    assert {r["id"] for r in got} <= {r["id"] for r in sample_records(records, 30, 0)}
+    assert sample_records(records, 500, 0) == records
+    # uniform: over many seeds every record is drawn about equally often
+    counts = [0] * 100
+    for seed in range(400):
+        for r in sample_records(records, 10, seed):
+            counts[int(r["id"][1:])] += 1
+    assert sum(counts[:50]) == pytest.approx(2000, rel=0.08)
+    assert max(counts) < 80 and min(counts) > 15  # expected 40 each
+
+
+def test_paper_option_rules():
+    api = {"base_url": "http://127.0.0.1:1/v1", "api_model": "m"}
+    base = {"input": "i", "output": "o", "teacher": api}
+
+    def cfg(*overrides, **extra):
+        return load_config(None, kind="distill", base={**base, **extra}, overrides=list(overrides))
+
+    with pytest.raises(ConfigError, match="set limit .* or sample .*not both"):
+        cfg("limit=5", "sample=5")
+    with pytest.raises(ConfigError, match="sampling.attempts works in modes teacher"):
+        cfg("sampling.attempts=3", mode="cmkd", cmkd={"image_records": "x"})
+    with pytest.raises(ConfigError, match="hard needs sampling.attempts > 1"):
+        cfg("hard.min_difficulty=2")
+    with pytest.raises(ConfigError, match="hard.min_difficulty is at most sampling.attempts"):
+        cfg("sampling.attempts=2", "hard.min_difficulty=4")
+    with pytest.raises(ConfigError, match="rejection.rl"):
+        cfg("rejection.rl=wrong")
+    with pytest.raises(ConfigError, match="rejection.rl"):
+        cfg("rejection.rl=incorrect", mode="rejection-sampling")
+    with pytest.raises(ConfigError, match="sampling.attempts"):
+        cfg("sampling.attempts=0")
+    c = cfg("sampling.attempts=3", "sampling.samples=1", "sampling.temperature=0", "hard={}")
+    assert (c.sampling.attempts, c.hard.min_difficulty) == (3, 2)
+    c = cfg("sampling.attempts=2", "sampling.samples=4")  # 2 attempts of 4 samples each
+    assert (c.sampling.attempts, c.sampling.samples) == (2, 4)
+    assert cfg("rejection.rl=wrong", mode="rejection-sampling").rejection.rl == "wrong"
+    assert cfg("sample=10000").sample == 10000 and cfg().rejection.rl == "not_kept"
+    # the settings fingerprint names the new options only when set: older folders still resume
+    old = fingerprint(cfg())
+    assert "attempts" not in old["sampling"] and not {"hard", "rl", "sample"} & set(old)
+    assert fingerprint(cfg("sample=10")) == old  # like limit, sample may change on a resume
+    new = fingerprint(cfg("sampling.attempts=3", "hard.min_difficulty=3"))
+    assert (new["sampling"]["attempts"], new["hard"]) == (3, 3)
+    assert fingerprint(cfg("rejection.rl=wrong", mode="rejection-sampling"))["rl"] == "wrong"
