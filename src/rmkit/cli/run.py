@@ -128,12 +128,15 @@ def headline(summary: dict) -> str | None:
         return None
     a, b = summary["accuracy_before"], summary["accuracy_after"]
     lo, hi = summary["ci95_low"], summary["ci95_high"]
+    clusters = (
+        f" in {summary['n_clusters']} clusters" if summary.get("bootstrap") == "cluster" else ""
+    )
     verdict = (
         "a significant gain" if lo > 0 else "a significant drop" if hi < 0 else "no clear change"
     )
     return (
         f"held-out accuracy {a:.3f} -> {b:.3f} ({100 * (b - a):+.1f} points, 95% CI "
-        f"[{100 * lo:+.1f}, {100 * hi:+.1f}], n={summary['n_heldout']}): {verdict}"
+        f"[{100 * lo:+.1f}, {100 * hi:+.1f}], n={summary['n_heldout']}{clusters}): {verdict}"
     )
 
 

@@ -167,6 +167,7 @@ class Builder:
             images=pair.images,
             label_kind=pair.label_kind,
             meta=dict(pair.meta),
+            cluster=pair.cluster,
         )
         if self.validate:  # built-in converters are checked by the test suite instead (speed)
             problem = record_problem(rec)

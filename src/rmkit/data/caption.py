@@ -132,6 +132,7 @@ def substitute(rec: dict[str, Any], captions: dict[str, str], model: str) -> dic
         "candidates": list(cands),
         "label": rec["label"],
         "label_kind": rec.get("label_kind", "preferred"),
+        **({"cluster": rec["cluster"]} if rec.get("cluster") is not None else {}),
         "captions": {r: captions[r] for r in refs},
         "meta": {
             **(rec.get("meta") or {}),

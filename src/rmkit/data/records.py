@@ -7,6 +7,7 @@ and its messages must name the exact field that is wrong.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -33,6 +34,7 @@ RECORD_FIELDS = (
     "candidates",
     "label",
     "label_kind",
+    "cluster",
     "captions",
     "meta",
 )
@@ -50,8 +52,12 @@ def make_record(
     label_kind: str = "preferred",
     captions: dict[str, str] | None = None,
     meta: dict[str, Any] | None = None,
+    cluster: str | int | float | bool | None = None,
 ) -> dict[str, Any]:
-    """Build a record dict with fields in canonical order (so output bytes are stable)."""
+    """Build a record dict with fields in canonical order (so output bytes are stable).
+
+    ``cluster`` (optional) names the unit the record shares with others (e.g. the fact several
+    pairs were built from); it is written only when given."""
     rec: dict[str, Any] = {
         "id": id,
         "source": source,
@@ -62,6 +68,8 @@ def make_record(
         "label": label,
         "label_kind": label_kind,
     }
+    if cluster is not None:
+        rec["cluster"] = cluster
     if captions:
         rec["captions"] = captions
     rec["meta"] = meta or {}
@@ -96,6 +104,22 @@ def check_messages(msgs: Any, field: str) -> str | None:
         if problem:
             return problem
     return None
+
+
+CLUSTER_EXPECTED = "a string, number or boolean naming the unit records share (or null/absent)"
+
+
+def cluster_problem(value: Any) -> str | None:
+    """What is wrong with a ``cluster`` value (None when it is valid: absent/null, a non-empty
+    string, a number or a boolean, i.e. a hashable JSON scalar)."""
+    if value is None or isinstance(value, (bool, int)):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{CLUSTER_EXPECTED}; got {value!r}"
+    if isinstance(value, str):
+        return None if value.strip() else f"{CLUSTER_EXPECTED}; got an empty string"
+    kind = {dict: "an object", list: "a list"}.get(type(value), type(value).__name__)
+    return f"{CLUSTER_EXPECTED}; got {kind}"
 
 
 def record_problem(rec: Any) -> tuple[str, str] | None:
@@ -141,6 +165,9 @@ def record_problem(rec: Any) -> tuple[str, str] | None:
         not isinstance(caps, dict) or not all(isinstance(v, str) for v in caps.values())
     ):
         return "captions", "a mapping of image reference to caption text"
+    problem = cluster_problem(rec.get("cluster"))
+    if problem:
+        return "cluster", problem
     if not isinstance(rec.get("meta", {}), dict):
         return "meta", "an object"
     return None

@@ -2,22 +2,67 @@
 
 Both runs are re-scored from their predictions (nothing is generated). The confidence interval
 is for the mean item-level difference B - A of the headline protocol's per-item scores over the
-items both runs scored: the items are resampled with replacement (seeded) and the percentile
-interval of the resampled mean differences is reported.
+items both runs scored, as the percentile interval of seeded resampled mean differences:
+
+- **item bootstrap** (items carry no cluster): the items are resampled with replacement;
+- **cluster bootstrap** (some item carries a ``cluster``, e.g. a records file whose pairs share
+  a fact): the clusters are resampled with replacement, the same clusters for both runs, and
+  each resample's statistic is the mean difference over all items of the drawn clusters (sum
+  of the drawn cluster sums / sum of their sizes). Items that share a unit are not independent,
+  so resampling them one by one understates the interval's width. An item without a cluster
+  is a cluster of its own.
+
+With one item per cluster the two bootstraps draw the same indices and give the same interval.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
 from rmkit.errors import RmkitError
 
+BLOCK_CELLS = 2_000_000  # resampled indices held in memory at once
+
+
+def _differences(a: Sequence[float], b: Sequence[float]) -> Any:
+    import numpy as np
+
+    if len(a) != len(b) or not len(a):
+        raise RmkitError("paired bootstrap needs two non-empty score lists of the same length")
+    return np.asarray(b, dtype=np.float64) - np.asarray(a, dtype=np.float64)
+
+
+def _interval(sums: Any, sizes: Any, n_boot: int, seed: int, level: float) -> tuple[float, float]:
+    """Percentile interval of ``sum(sums[idx]) / sum(sizes[idx])`` over ``n_boot`` resamples of
+    ``k = len(sums)`` indices drawn with replacement: ``rng.integers(0, k, size=(block, k))``
+    with ``rng = numpy.random.default_rng(seed)``, in blocks of ``max(1, 2_000_000 // k)``
+    resamples (so the draws depend only on ``k``, ``n_boot`` and ``seed``)."""
+    import numpy as np
+
+    k = len(sums)
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_boot, dtype=np.float64)
+    step = max(1, BLOCK_CELLS // k)
+    for start in range(0, n_boot, step):
+        stop = min(n_boot, start + step)
+        idx = rng.integers(0, k, size=(stop - start, k))
+        means[start:stop] = sums[idx].sum(axis=1) / sizes[idx].sum(axis=1)
+    alpha = (1.0 - level) / 2
+    low, high = np.quantile(means, [alpha, 1.0 - alpha])
+    return float(low), float(high)
+
 
 def paired_bootstrap_ci(
-    a: list[float], b: list[float], n_boot: int = 2000, seed: int = 0, level: float = 0.95
+    a: Sequence[float],
+    b: Sequence[float],
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
 ) -> tuple[float, float, float]:
-    """Mean of ``b - a`` and its percentile bootstrap interval.
+    """Mean of ``b - a`` and its percentile item-bootstrap interval.
 
     ``a``, ``b``: per-item scores of the same n items (n >= 1) in the same order. Each of the
     ``n_boot`` resamples draws n item indices with replacement (``numpy.random.default_rng
@@ -25,28 +70,88 @@ def paired_bootstrap_ci(
     """
     import numpy as np
 
-    if len(a) != len(b) or not a:
-        raise RmkitError("paired bootstrap needs two non-empty score lists of the same length")
-    d = np.asarray(b, dtype=np.float64) - np.asarray(a, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    means = np.empty(n_boot, dtype=np.float64)
-    step = max(1, 2_000_000 // len(d))  # bound memory: resample in blocks
-    for start in range(0, n_boot, step):
-        stop = min(n_boot, start + step)
-        idx = rng.integers(0, len(d), size=(stop - start, len(d)))
-        means[start:stop] = d[idx].mean(axis=1)
-    alpha = (1.0 - level) / 2
-    low, high = np.quantile(means, [alpha, 1.0 - alpha])
-    return float(d.mean()), float(low), float(high)
+    d = _differences(a, b)
+    low, high = _interval(d, np.ones_like(d), n_boot, seed, level)
+    return float(d.mean()), low, high
 
 
-def _scored(out: str | Path) -> tuple[dict[str, Any], dict[str, float]]:
+def paired_cluster_bootstrap_ci(
+    a: Sequence[float],
+    b: Sequence[float],
+    clusters: Sequence[Hashable],
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float, float]:
+    """Mean of ``b - a`` and its percentile cluster-bootstrap interval.
+
+    ``a``, ``b``: per-item scores of the same n items in the same order; ``clusters[i]``: the
+    cluster (any hashable) of item ``i``. The k clusters, in order of first appearance, are
+    resampled: each of the ``n_boot`` resamples draws k cluster indices with replacement (the
+    same draws as :func:`paired_bootstrap_ci` makes for k items with the same seed) and its
+    statistic is the mean of ``b - a`` over every item of the drawn clusters, i.e. the sum of
+    the drawn clusters' difference sums over the sum of their sizes. When every cluster holds
+    one item and the clusters come in item order, the result equals
+    :func:`paired_bootstrap_ci`'s exactly. Returns ``(mean_diff, low, high)``.
+    """
+    import numpy as np
+
+    d = _differences(a, b)
+    if len(clusters) != len(d):
+        raise RmkitError(
+            f"cluster bootstrap: {len(clusters)} cluster labels for {len(d)} items",
+            hint="pass one cluster per item",
+        )
+    index: dict[Hashable, int] = {}
+    try:
+        codes = np.fromiter(
+            (index.setdefault(c, len(index)) for c in clusters), dtype=np.intp, count=len(d)
+        )
+    except TypeError as e:
+        raise RmkitError(f"cluster bootstrap: a cluster label is not hashable ({e})") from None
+    sums = np.bincount(codes, weights=d, minlength=len(index))
+    sizes = np.bincount(codes, minlength=len(index)).astype(np.float64)
+    low, high = _interval(sums, sizes, n_boot, seed, level)
+    return float(d.mean()), low, high
+
+
+def _scored(out: str | Path) -> tuple[dict[str, Any], dict[str, float], dict[str, Any]]:
+    """Metrics, headline per-item scores and the items' clusters (``extra.cluster`` of their
+    prediction lines; items without one are left out) of one run."""
     from rmkit.eval.metrics import compute_metrics
     from rmkit.eval.outputs import load_run
 
     config, dataset, preds = load_run(out)
     metrics, score = compute_metrics(preds, config, dataset)
-    return metrics, score.item_scores
+    clusters: dict[str, Any] = {}
+    for p in preds:
+        cluster = (p.get("extra") or {}).get("cluster")
+        if cluster is not None:
+            clusters.setdefault(p["id"], cluster)
+    return metrics, score.item_scores, clusters
+
+
+def item_clusters(
+    items: Sequence[str], clusters_a: dict[str, Any], clusters_b: dict[str, Any]
+) -> list[Hashable] | None:
+    """The cluster key of each item (its cluster in either run; an item without one is its own
+    cluster), or None when no item has a cluster. Two runs that give an item different clusters
+    were not run on the same data: an error."""
+    if not any(i in clusters_a or i in clusters_b for i in items):
+        return None
+    keys: list[Hashable] = []
+    for i in items:
+        ca, cb = clusters_a.get(i), clusters_b.get(i)
+        ka = None if ca is None else json.dumps(ca)  # 1, 1.0, "1" and true stay apart
+        kb = None if cb is None else json.dumps(cb)
+        if ka is not None and kb is not None and ka != kb:
+            raise RmkitError(
+                f"item {i} is in cluster {ka} in run A but in cluster {kb} in run B",
+                hint="compare two runs of the same data",
+            )
+        key = ka if ka is not None else kb
+        keys.append(("item", i) if key is None else ("cluster", key))
+    return keys
 
 
 def _rows(ma: dict[str, Any], mb: dict[str, Any]) -> list[tuple[str, Any, Any]]:
@@ -71,9 +176,13 @@ def _rows(ma: dict[str, Any], mb: dict[str, Any]) -> list[tuple[str, Any, Any]]:
 def compare_runs(
     dir_a: str | Path, dir_b: str | Path, n_boot: int = 2000, seed: int = 0
 ) -> dict[str, Any]:
-    """Side-by-side numbers of two runs and the bootstrap CI of the paired difference."""
-    ma, sa = _scored(dir_a)
-    mb, sb = _scored(dir_b)
+    """Side-by-side numbers of two runs and the bootstrap CI of the paired difference.
+
+    The cluster bootstrap is used when any common item carries a cluster (module docstring);
+    ``bootstrap`` says which one ran and ``n_clusters`` how many units were resampled (the
+    number of common items for the item bootstrap)."""
+    ma, sa, ca = _scored(dir_a)
+    mb, sb, cb = _scored(dir_b)
     if ma["benchmark"] != mb["benchmark"]:
         raise RmkitError(
             f"cannot compare a {ma['benchmark']} run with a {mb['benchmark']} run",
@@ -85,9 +194,14 @@ def compare_runs(
             "the two runs have no scored item in common",
             hint="were they run on the same data and split?",
         )
-    mean_diff, low, high = paired_bootstrap_ci(
-        [sa[i] for i in common], [sb[i] for i in common], n_boot, seed
-    )
+    a, b = [sa[i] for i in common], [sb[i] for i in common]
+    clusters = item_clusters(common, ca, cb)
+    if clusters is None:
+        mean_diff, low, high = paired_bootstrap_ci(a, b, n_boot, seed)
+        n_clusters = len(common)
+    else:
+        mean_diff, low, high = paired_cluster_bootstrap_ci(a, b, clusters, n_boot, seed)
+        n_clusters = len(set(clusters))
     return {
         "benchmark": ma["benchmark"],
         "protocol": ma["protocol"],
@@ -95,6 +209,8 @@ def compare_runs(
         "model_b": mb.get("model"),
         "rows": _rows(ma, mb),
         "n_common": len(common),
+        "n_clusters": n_clusters,
+        "bootstrap": "item" if clusters is None else "cluster",
         "mean_diff": mean_diff,
         "ci": [low, high],
         "n_boot": n_boot,
@@ -129,10 +245,17 @@ def comparison_table(result: dict[str, Any]) -> Any:
     return table
 
 
+def bootstrap_phrase(result: dict[str, Any]) -> str:
+    """``"cluster bootstrap over K clusters"`` or ``"item bootstrap"``."""
+    if result.get("bootstrap") == "cluster":
+        return f"cluster bootstrap over {result['n_clusters']} clusters"
+    return "item bootstrap"
+
+
 def ci_line(result: dict[str, Any]) -> str:
     low, high = result["ci"]
     return (
         f"paired bootstrap 95% CI of the item-level difference B-A: {100 * result['mean_diff']:+.1f} "
         f"[{100 * low:+.1f}, {100 * high:+.1f}] points over {result['n_common']} common items "
-        f"({result['n_boot']} resamples, seed {result['seed']})"
+        f"({bootstrap_phrase(result)}, {result['n_boot']} resamples, seed {result['seed']})"
     )

@@ -5,12 +5,15 @@ any number of train stage folders; writes into its stage folder (and, with ``pub
 that folder too, e.g. the run folder):
 
 - ``report.md``: accuracy before and after, the paired difference with its 95% bootstrap
-  interval (:func:`rmkit.eval.compare.compare_runs`: items resampled with replacement), the
+  interval (:func:`rmkit.eval.compare.compare_runs`: items resampled with replacement, or,
+  when the held-out items carry a ``cluster``, clusters resampled with replacement), the
   per-category table, the training stages' first/last metrics, sample verdicts, and the curves;
 - ``accuracy.png`` (before/after bars with the interval) and ``curves-<stage>.png`` per train
   stage (:func:`rmkit.training.metrics.plot_curves` on its ``metrics.jsonl``);
-- ``results.json``: ``accuracy_before``, ``accuracy_after``, ``n_heldout``, ``difference``,
-  ``ci95_low``, ``ci95_high``, ``significant`` (the interval excludes 0) and per-stage numbers.
+- ``results.json``: ``accuracy_before``, ``accuracy_after``, ``n_heldout``, ``n_clusters``
+  (resampled units; ``n_heldout`` for the item bootstrap), ``bootstrap`` (``"cluster"`` or
+  ``"item"``), ``difference``, ``ci95_low``, ``ci95_high``, ``significant`` (the interval
+  excludes 0) and per-stage numbers.
 
 Nothing is generated or re-judged: the numbers come from the saved predictions, so the report
 can be rebuilt at any time.
@@ -146,6 +149,8 @@ def build_report(cfg: ReportStageConfig) -> dict[str, Any]:
         "accuracy_before": acc_before,
         "accuracy_after": acc_after,
         "n_heldout": cmp["n_common"],
+        "n_clusters": cmp["n_clusters"],
+        "bootstrap": cmp["bootstrap"],
         "difference": cmp["mean_diff"],
         "ci95_low": low,
         "ci95_high": high,
@@ -170,7 +175,10 @@ def build_report(cfg: ReportStageConfig) -> dict[str, Any]:
 def render_markdown(
     cfg: ReportStageConfig, cmp: dict[str, Any], res: dict[str, Any], figures: list[str]
 ) -> str:
+    from rmkit.eval.compare import bootstrap_phrase
+
     low, high = res["ci95_low"], res["ci95_high"]
+    clusters = f" in {res['n_clusters']} clusters" if res.get("bootstrap") == "cluster" else ""
     verdict = (
         "The gain is larger than its 95% confidence interval's distance from zero."
         if low > 0
@@ -182,14 +190,15 @@ def render_markdown(
         f"# {cfg.title}",
         "",
         f"Benchmark `{res['benchmark']}`, protocol `{res['protocol']}`, "
-        f"{res['n_heldout']} held-out items judged by both.",
+        f"{res['n_heldout']} held-out items{clusters} judged by both.",
         "",
         "| | accuracy |",
         "| --- | --- |",
         f"| before ({res['judge_before']}) | {pct(res['accuracy_before'])} |",
         f"| after ({res['judge_after']}) | {pct(res['accuracy_after'])} |",
         f"| difference | {100 * res['difference']:+.1f} points |",
-        f"| 95% CI of the difference (paired bootstrap, {res['n_boot']} resamples) | "
+        f"| 95% CI of the difference (paired {bootstrap_phrase(res)}, {res['n_boot']} "
+        "resamples) | "
         f"[{100 * low:+.1f}, {100 * high:+.1f}] points |",
         "",
         verdict,

@@ -140,7 +140,7 @@ def run_report(stage: Stage, resume: bool) -> dict[str, Any]:
 
     res = build_report(stage.config)
     keep = ("accuracy_before", "accuracy_after", "n_heldout", "difference", "ci95_low")
-    return {k: res[k] for k in (*keep, "ci95_high", "significant")}
+    return {k: res[k] for k in (*keep, "ci95_high", "significant", "n_clusters", "bootstrap")}
 
 
 RUNNERS: dict[str, Callable[[Stage, bool], dict[str, Any]]] = {

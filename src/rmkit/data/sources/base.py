@@ -55,6 +55,7 @@ class Pair:
     subset: str | None = None  # appended to the source name, e.g. "hh-rlhf/helpful-base"
     images: list[Any] = field(default_factory=list)  # ImageSource placeholders, then references
     meta: dict[str, Any] = field(default_factory=dict)
+    cluster: str | int | float | bool | None = None  # the unit pairs share (docs/records.md)
 
 
 @dataclass(frozen=True)

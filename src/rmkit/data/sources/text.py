@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from rmkit.data.records import cluster_problem
 from rmkit.data.sources.base import (
     ConverterSpec,
     Pair,
@@ -242,12 +243,14 @@ def rewardbench(row: dict[str, Any], opts: dict[str, Any]) -> list[Pair]:
 
 
 def pairs(row: dict[str, Any], opts: dict[str, Any]) -> list[Pair]:
-    """Generic prompt/chosen/rejected rows; ``columns`` maps our names to the source's."""
+    """Generic prompt/chosen/rejected rows; ``columns`` maps our names to the source's. An
+    optional ``cluster`` column (a string or number) becomes the record's ``cluster``."""
     cols = {
         "prompt": "prompt",
         "chosen": "chosen",
         "rejected": "rejected",
         "id": "id",
+        "cluster": "cluster",
         **(opts.get("columns") or {}),
     }
     mapped = {k: row.get(v) for k, v in cols.items()}
@@ -272,6 +275,9 @@ def pairs(row: dict[str, Any], opts: dict[str, Any]) -> list[Pair]:
     else:
         prompt = prompt_from_messages(normalize_messages(pv, cols["prompt"]))
     key = str(mapped["id"]) if mapped.get("id") is not None else None
+    problem = cluster_problem(mapped["cluster"])
+    if problem:
+        raise RowError(cols["cluster"], problem)
     extra = {k: row[k] for k in opts.get("keep_columns") or [] if k in row}
     return [
         Pair(
@@ -280,6 +286,7 @@ def pairs(row: dict[str, Any], opts: dict[str, Any]) -> list[Pair]:
             label=0,
             key=key,
             meta=extra,
+            cluster=mapped["cluster"],
         )
     ]
 

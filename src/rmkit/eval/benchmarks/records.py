@@ -4,7 +4,9 @@
 default ``test``). Image references are relative to the file's folder. Categories are the
 record ``task``; subcategories the ``source``. Tie / both-bad records carry no preferred
 candidate and are skipped (counted). Protocol ``strict`` (headline): the voting@k majority
-must be the labelled candidate; unparsable = wrong.
+must be the labelled candidate; unparsable = wrong. A record's ``cluster`` travels in the
+item's ``extra`` (and so into every prediction line), where ``rmkit eval compare`` and the
+pipeline report find it for the cluster bootstrap.
 """
 
 from __future__ import annotations
@@ -60,11 +62,19 @@ def load(ctx: LoadContext) -> LoadResult:
                 label=rec["label"],
                 task=rec["task"],
                 images=images,
-                extra={"source": rec["source"]},
+                extra=_extra(rec),
             )
         )
     log_loaded("records", res.n_rows, len(res.items), res.skipped)
     return res
+
+
+def _extra(rec: dict[str, Any]) -> dict[str, Any]:
+    """Protocol fields of a record's item: its source, and its ``cluster`` when it has one."""
+    extra: dict[str, Any] = {"source": rec["source"]}
+    if rec.get("cluster") is not None:
+        extra["cluster"] = rec["cluster"]
+    return extra
 
 
 def _resolve_prompt(prompt: Any, store: ImageStore, where: tuple) -> Any:
