@@ -32,7 +32,7 @@ from rmkit.errors import ConfigError, RmkitError
 from rmkit.generation.config import BackendConfig
 from rmkit.rewards.base import RewardSample, check_value
 from rmkit.rewards.builtin import accuracy, format_reward, length_penalty, task_type
-from rmkit.rewards.consistency import consistency
+from rmkit.rewards.consistency import consistency, judge_settings
 
 # Built-in rewards: name -> (function, batched). Batched ones take the whole list of samples.
 REWARDS: dict[str, tuple[Callable[..., Any], bool]] = {
@@ -95,6 +95,7 @@ def judge_options(
             hint=None if close else "options: " + ", ".join(valid),
         )
     own = {k: v for k, v in options.items() if k in own_keys}
+    judge_settings(**{k: v for k, v in own.items() if k != "backend"})  # protocol, variant, ...
     judge = {k: v for k, v in options.items() if k in judge_keys}
     extra = {k: v for k, v in options.items() if k in JUDGE_BUILD_KEYS}
     if own.get("backend") is not None:
@@ -217,6 +218,10 @@ def _build_component(spec: RewardSpec, base_dir, owned: list) -> _Component:
         key = spec.key or spec.name
         if spec.name == "consistency":
             judge, extra, options = judge_options(options)
+            if options.get("protocol") == "released":
+                # a request that still fails after the backend's retries is one failed attempt
+                # (asked again, then scored 0) rather than an error that stops the run
+                extra = {"on_error": "skip", **extra}
             if judge is not None:
                 options["backend"] = judge.build(**extra)
                 owned.append(options["backend"])
