@@ -46,6 +46,7 @@ _TENSOR_FUNCTIONS = {
         "kl_k1",
         "kl_k3",
         "policy_loss",
+        "sampler_token_logprobs",
         "sft_loss",
         "sft_loss_selected",
         "supervised_mask",

@@ -199,3 +199,111 @@ def sft_loss(
     if reduction != "mean":
         raise RmkitError(f"sft_loss reduction must be 'mean' or 'sum', got {reduction!r}")
     return total / count
+
+
+def sampler_token_logprobs(
+    logits: torch.Tensor,
+    tokens: torch.Tensor,
+    context_ids: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    repetition_penalty: float = 1.0,
+    *,
+    context_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """log p(token_t) under the distribution a Hugging Face (or vLLM) sampler draws from.
+    (B, T, V), (B, T) -> (B, T), float32 at least.
+
+    The logits of each position go through, in Hugging Face ``generate``'s order:
+
+    1. the repetition penalty: every token id in the context (``context_ids`` (B, P), the
+       prompt; positions where ``context_mask`` is 0 are padding and ignored) or earlier in
+       the completion (``tokens[:, :t]``) has its logit divided by ``repetition_penalty`` when
+       positive, multiplied by it when negative;
+    2. temperature: divided by ``temperature`` (> 0);
+    3. top-k (``top_k > 0``): tokens below the ``k``-th largest logit are dropped (ties kept);
+    4. top-p (``top_p < 1``): in ascending order of probability, the tokens whose cumulative
+       probability is at most ``1 - top_p`` are dropped (the most likely token always stays).
+
+    Dropped tokens get probability 0 and the kept ones are renormalised - except the token
+    taken at that position, which is always kept: the trainer's logits differ slightly from the
+    sampler's (batch, precision), and a sampled token must not get log-probability -inf.
+    With every control neutral this is :func:`token_logprobs`. Gradients flow through the kept
+    logits; the masks are computed without them.
+
+    ``logits[:, t]`` must already be the prediction for ``tokens[:, t]``. Padding at the end of
+    a completion only affects later (padding) positions. Memory: the penalty and the kept-token
+    masks are booleans of the logits' shape; the top-p sort runs in chunks of positions.
+    """
+    if temperature <= 0:
+        raise RmkitError(f"sampler_token_logprobs needs a temperature > 0 (got {temperature})")
+    x = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    tokens = tokens.long()
+    if repetition_penalty != 1.0:
+        seen = _seen_before(tokens, x.shape[-1], context_ids, context_mask)
+        x = torch.where(seen, torch.where(x < 0, x * repetition_penalty, x / repetition_penalty), x)
+    if temperature != 1.0:
+        x = x / temperature
+    keep = _kept_tokens(x.detach(), tokens, top_k, top_p)
+    if keep is not None:
+        x = x.masked_fill(~keep, float("-inf"))
+    picked = torch.gather(x, -1, tokens.unsqueeze(-1)).squeeze(-1)
+    return picked - torch.logsumexp(x, dim=-1)
+
+
+def _seen_before(
+    tokens: torch.Tensor,
+    vocab: int,
+    context_ids: torch.Tensor | None,
+    context_mask: torch.Tensor | None,
+) -> torch.Tensor:
+    """(B, T, V) bool: token v is in row b's context or in ``tokens[b, :t]``.
+
+    From first-occurrence positions, not a loop: ``first[b, v]`` is the earliest t with
+    ``tokens[b, t] == v`` (T when none), so v is seen at t exactly when ``first[b, v] < t``.
+    """
+    b, t = tokens.shape
+    device = tokens.device
+    first = torch.full((b, vocab), t, dtype=torch.long, device=device)
+    steps = torch.arange(t, device=device).expand(b, t)
+    first.scatter_reduce_(1, tokens, steps, reduce="amin")
+    seen = first.unsqueeze(1) < torch.arange(t, device=device).view(1, t, 1)
+    if context_ids is not None and context_ids.numel():
+        ids = context_ids.long().to(device)
+        if context_mask is not None:
+            ids = ids.masked_fill(~context_mask.to(device).bool(), vocab)  # padding: column V
+        ctx = torch.zeros((b, vocab + 1), dtype=torch.bool, device=device)
+        ctx.scatter_(1, ids, True)
+        seen = seen | ctx[:, :vocab].unsqueeze(1)
+    return seen
+
+
+def _kept_tokens(
+    x: torch.Tensor, tokens: torch.Tensor, top_k: int, top_p: float, chunk: int = 1 << 26
+) -> torch.Tensor | None:
+    """(B, T, V) bool of the tokens top-k then top-p keep (the taken token always); None when
+    both are off. ``x``: the logits after penalty and temperature (no grad needed)."""
+    vocab = x.shape[-1]
+    use_k = 0 < top_k < vocab
+    if not use_k and top_p >= 1.0:
+        return None
+    with torch.no_grad():
+        flat = x.reshape(-1, vocab)
+        keep = torch.ones_like(flat, dtype=torch.bool)
+        rows = max(1, chunk // vocab)
+        for lo in range(0, flat.shape[0], rows):
+            y = flat[lo : lo + rows]
+            k = keep[lo : lo + rows]
+            if use_k:
+                kth = torch.topk(y, top_k, dim=-1).values[:, -1:]
+                k &= y >= kth
+                y = y.masked_fill(~k, float("-inf"))
+            if top_p < 1.0:
+                ordered, order = torch.sort(y, dim=-1)  # ascending
+                drop = ordered.softmax(dim=-1).cumsum(dim=-1) <= (1 - top_p)
+                drop[:, -1] = False  # the most likely token stays
+                k &= ~drop.scatter(1, order, drop)
+        keep = keep.view(x.shape)
+        keep.scatter_(-1, tokens.unsqueeze(-1), True)
+    return keep

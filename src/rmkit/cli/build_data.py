@@ -227,6 +227,10 @@ def caption_cmd(
     ),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1),
     temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy."),
+    top_k: int = typer.Option(0, "--top-k", min=0, help="Top-k sampling (0 = off)."),
+    repetition_penalty: float = typer.Option(
+        1.0, "--repetition-penalty", help="Above 0; 1.0 = off."
+    ),
     concurrency: int = typer.Option(8, "--concurrency", min=1, help="API requests in flight."),
     max_retries: int = typer.Option(8, "--max-retries", min=0),
     timeout: float = typer.Option(120.0, "--timeout", help="Seconds per API request."),
@@ -283,6 +287,8 @@ def caption_cmd(
     settings = CaptionSettings(
         max_new_tokens=max_new_tokens,
         temperature=temperature,
+        top_k=top_k,
+        repetition_penalty=repetition_penalty,
         splits=tuple(splits or ("train", "val", "test")),
         keep_text=keep_text,
     )

@@ -31,6 +31,11 @@ _OPTIONS: dict[str, tuple[tuple[str, ...], str | None]] = {
     "template": (("--template", "-t"), None),
     "temperature": (("--temperature",), None),
     "top_p": (("--top-p",), None),
+    "top_k": (("--top-k",), "Top-k sampling (default 0: off)."),
+    "repetition_penalty": (
+        ("--repetition-penalty",),
+        "Repetition penalty (default 1.0: off, whatever the checkpoint's generation_config says).",
+    ),
     "max_new_tokens": (("--max-new-tokens",), None),
     "seed": (("--seed",), None),
     "limit": (("--limit",), None),
@@ -44,7 +49,7 @@ _OPTIONS: dict[str, tuple[tuple[str, ...], str | None]] = {
 # pydantic; a unit test checks they are BackendConfig fields.
 LOCAL_FIELDS = ("model", "adapter", "dtype", "batch_size")
 API_FIELDS = ("base_url", "api_model", "api_key_env", "concurrency")
-SAMPLING_FIELDS = ("temperature", "top_p", "max_new_tokens")
+SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens")
 
 
 def option(name: str, help: str | None = None) -> Any:

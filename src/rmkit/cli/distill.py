@@ -82,6 +82,8 @@ def distill_cmd(
     ),
     temperature: float = common.option("temperature", "Sampling temperature (default 1.0)."),
     top_p: float = common.option("top_p", "Nucleus sampling top-p (default 1.0)."),
+    top_k: int = common.option("top_k"),
+    repetition_penalty: float = common.option("repetition_penalty"),
     max_new_tokens: int = common.option("max_new_tokens", "Longest trace (default 1024)."),
     seed: int = common.option("seed", "Seed of candidate orders and sampling (default 0)."),
     limit: int = common.option("limit", "Process only the first N records."),

@@ -92,6 +92,8 @@ def eval_cmd(
         "temperature", "Sampling temperature (benchmark protocol default)."
     ),
     top_p: float = common.option("top_p", "Nucleus sampling top-p (benchmark protocol default)."),
+    top_k: int = common.option("top_k"),
+    repetition_penalty: float = common.option("repetition_penalty"),
     max_new_tokens: int = common.option("max_new_tokens", "Longest judge output (default 1024)."),
     votes: int = typer.Option(
         None, "--votes", help="Voting@k: verdicts sampled per item and order (benchmark default)."

@@ -188,7 +188,11 @@ def run_captions(
     if not pending:
         return counts
     params = SamplingParams(
-        n=1, temperature=settings.temperature, max_new_tokens=settings.max_new_tokens
+        n=1,
+        temperature=settings.temperature,
+        max_new_tokens=settings.max_new_tokens,
+        top_k=settings.top_k,
+        repetition_penalty=settings.repetition_penalty,
     )
     log.info(
         "captioning %d image(s) with %s (%d already cached)",

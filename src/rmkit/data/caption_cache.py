@@ -29,11 +29,14 @@ DEFAULT_PROMPT = (
 
 @dataclass
 class CaptionSettings:
-    """How captions are made; ``prompt``, ``max_new_tokens`` and ``temperature`` enter the cache key."""
+    """How captions are made; ``prompt``, ``max_new_tokens``, ``temperature`` and (when not
+    neutral) ``top_k`` / ``repetition_penalty`` enter the cache key."""
 
     prompt: str = DEFAULT_PROMPT
     max_new_tokens: int = 256
     temperature: float = 0.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
     chunk_size: int = 8
     splits: tuple[str, ...] = SPLITS
     keep_text: bool = False  # also copy records that have no image (unchanged but for the id)
@@ -48,6 +51,11 @@ def caption_key(image_sha: str, model: str, settings: CaptionSettings) -> str:
         "max_new_tokens": settings.max_new_tokens,
         "temperature": settings.temperature,
     }
+    # added later: in the key only when set, so caches from before them still answer
+    if settings.top_k and settings.temperature > 0:
+        payload["top_k"] = settings.top_k
+    if settings.repetition_penalty != 1.0:
+        payload["repetition_penalty"] = settings.repetition_penalty
     return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 

@@ -46,6 +46,10 @@ class SamplingConfig(StrictModel):
     )
     temperature: float = Field(1.0, ge=0, description="0 = greedy (then samples must be 1)")
     top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0, description="0 = off")
+    repetition_penalty: float = Field(
+        1.0, gt=0, description="1.0 = off (never the checkpoint's generation_config value)"
+    )
     max_new_tokens: int = Field(1024, ge=1)
     logprobs: bool = Field(
         True,

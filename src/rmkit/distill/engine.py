@@ -114,6 +114,8 @@ class Distiller:
             max_new_tokens=s.max_new_tokens,
             seed=seed,
             logprobs=ranks,
+            top_k=s.top_k,
+            repetition_penalty=s.repetition_penalty,
         )
 
     def chunk_size(self) -> int:

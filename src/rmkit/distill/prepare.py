@@ -31,6 +31,9 @@ def fingerprint(cfg: DistillConfig) -> dict[str, Any]:
     sampling = cfg.sampling.model_dump()
     if sampling.get("attempts") == 1:  # the default: folders from before the option still match
         del sampling["attempts"]
+    for key, neutral in (("top_k", 0), ("repetition_penalty", 1.0)):  # the same, for these
+        if sampling.get(key) == neutral:
+            del sampling[key]
     out = {
         "mode": cfg.mode,
         "teacher": cfg.teacher.name,

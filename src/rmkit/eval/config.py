@@ -38,6 +38,10 @@ class JudgeConfig(BackendConfig):
 class SamplingConfig(StrictModel):
     temperature: float = Field(0.0, ge=0, description="0 = greedy")
     top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0, description="0 = off")
+    repetition_penalty: float = Field(
+        1.0, gt=0, description="1.0 = off (never the checkpoint's generation_config value)"
+    )
     max_new_tokens: int = Field(1024, ge=1)
 
 

@@ -37,6 +37,8 @@ RESUME_KEYS = (
     "seed",
 )
 JUDGE_KEYS = ("model", "adapter", "dtype", "quantization", "base_url", "api_model")
+# sampling keys added later, with the value a run that predates them is read with
+SAMPLING_BEFORE = {"top_k": 0, "repetition_penalty": 1.0}
 
 
 def check_resumable(out: Path, config: dict[str, Any]) -> None:
@@ -45,6 +47,8 @@ def check_resumable(out: Path, config: dict[str, Any]) -> None:
     if not path.exists() or not (out / PREDICTIONS).exists():
         return
     old = read_json(path)
+    if isinstance(old.get("sampling"), dict):  # folders from before these keys: neutral
+        old["sampling"] = {**SAMPLING_BEFORE, **old["sampling"]}
     diffs = [k for k in RESUME_KEYS if old.get(k) != config.get(k)]
     diffs += [
         f"judge.{k}"

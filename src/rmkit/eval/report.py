@@ -78,7 +78,9 @@ def render_markdown(metrics: dict[str, Any], chart_name: str | None) -> str:
         ["votes per order", str(metrics.get("votes"))],
         [
             "sampling",
-            f"temperature {s.get('temperature')}, top-p {s.get('top_p')}, max {s.get('max_new_tokens')} new tokens",
+            f"temperature {s.get('temperature')}, top-p {s.get('top_p')}, "
+            f"top-k {s.get('top_k') or 'off'}, repetition penalty {s.get('repetition_penalty', 1.0)}, "
+            f"max {s.get('max_new_tokens')} new tokens",
         ],
     ]
     parts = [f"# rmkit eval: {metrics['benchmark']}", "", _md_table(["run", ""], run), ""]

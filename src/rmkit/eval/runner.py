@@ -186,6 +186,8 @@ def _judge_batch(
         top_p=cfg.sampling.top_p,
         max_new_tokens=cfg.sampling.max_new_tokens,
         seed=cfg.seed,
+        top_k=cfg.sampling.top_k,
+        repetition_penalty=cfg.sampling.repetition_penalty,
     )
     convs = [render_judge_messages(r.item.to_record(), r.order, tpl) for r in batch]
     outputs = backend.generate(convs, params)

@@ -31,6 +31,7 @@ _API_KEYS = (
     "max_tokens_field",
     "jitter_seed",
     "greedy_empty_retries",
+    "explicit_sampling",
 )
 
 

@@ -20,6 +20,7 @@ import base64
 import binascii
 import hashlib
 import logging
+import math
 import os
 import threading
 import time
@@ -39,7 +40,17 @@ CACHE_FILE = "completions.jsonl"
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How to sample. ``temperature == 0`` means greedy decoding (``top_p`` is then ignored).
+    """How to sample. ``temperature == 0`` means greedy decoding (``top_p`` and ``top_k`` are
+    then ignored; ``repetition_penalty`` still applies, as in Hugging Face ``generate``).
+
+    ``top_k`` keeps the ``k`` most likely tokens (0: off). ``repetition_penalty`` divides the
+    positive logits and multiplies the negative ones of every token already in the prompt or
+    the completion (Hugging Face's and vLLM's rule; 1.0: off). Both defaults are explicit
+    values, not "whatever the model ships": a checkpoint whose ``generation_config.json`` sets
+    ``repetition_penalty: 1.05`` or ``top_k: 20`` is sampled *without* them unless asked
+    (the local backend sets every field; server backends send them where the server takes
+    them, see :mod:`rmkit.generation.openai_wire`). Order, as Hugging Face applies them:
+    repetition penalty, temperature, top-k, top-p.
 
     ``seed`` makes sampling repeatable: the local backend seeds torch with it, the API backend
     sends ``seed + sample_index`` with each of the ``n`` requests. ``logprobs`` asks for the mean
@@ -54,6 +65,8 @@ class SamplingParams:
     seed: int | None = None
     logprobs: bool = False
     stop: tuple[str, ...] = field(default_factory=tuple)
+    top_k: int = 0
+    repetition_penalty: float = 1.0
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, (list, str)):
@@ -64,6 +77,20 @@ class SamplingParams:
             ("n", isinstance(self.n, int) and self.n >= 1, "an integer >= 1"),
             ("temperature", _num(self.temperature) and self.temperature >= 0, "a number >= 0"),
             ("top_p", _num(self.top_p) and 0 < self.top_p <= 1, "a number in (0, 1]"),
+            (
+                "top_k",
+                isinstance(self.top_k, int)
+                and not isinstance(self.top_k, bool)
+                and self.top_k >= 0,
+                "an integer >= 0 (0: off)",
+            ),
+            (
+                "repetition_penalty",
+                _num(self.repetition_penalty)
+                and math.isfinite(self.repetition_penalty)
+                and self.repetition_penalty > 0,
+                "a number > 0 (1.0: off)",
+            ),
             (
                 "max_new_tokens",
                 isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1,
@@ -105,9 +132,16 @@ class SamplingParams:
             memo = asdict(self)
             memo.pop("n")
             memo["stop"] = list(self.stop)
-            if self.greedy:  # top_p and seed do not change a greedy completion
+            if self.greedy:  # top_p, top_k and seed do not change a greedy completion
                 memo["top_p"] = 1.0
                 memo["seed"] = None
+                memo["top_k"] = 0
+            # neutral values stay out of the key, so caches written before these fields
+            # existed (which sampled without them) still answer
+            if memo["top_k"] == 0:
+                memo.pop("top_k")
+            if memo["repetition_penalty"] == 1.0:
+                memo.pop("repetition_penalty")
             object.__setattr__(self, "_key_memo", memo)  # frozen: bypass __setattr__
         return memo
 

@@ -34,7 +34,7 @@ from rmkit.generation.launch import LaunchConfig
 
 LOCAL_KEYS = ("model", "adapter", "dtype", "quantization", "batch_size", "device", "decoder")
 API_KEYS = ("base_url", "api_model", "api_key_env", "concurrency", "max_retries", "timeout",
-            "backoff_base", "max_tokens_field")  # fmt: skip
+            "backoff_base", "max_tokens_field", "explicit_sampling")  # fmt: skip
 # make_backend options that only one kind takes: build() drops those of the other kind.
 _ONLY_LOCAL = frozenset(_LOAD_KEYS + _HF_KEYS) - frozenset(_API_KEYS)
 _ONLY_API = frozenset(_API_KEYS) - frozenset(_LOAD_KEYS + _HF_KEYS)
@@ -68,6 +68,13 @@ class BackendConfig(StrictModel):
     timeout: float = Field(120.0, gt=0, description="seconds to wait for one answer")
     backoff_base: float = Field(0.5, gt=0, description="first backoff ceiling in seconds")
     max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
+    explicit_sampling: bool | None = Field(
+        None,
+        description="send top_k and repetition_penalty with every request, neutral values "
+        "too, so a vLLM server's generation_config defaults do not apply (servers with vLLM's "
+        "sampling fields); default: yes for a launched server, no for base_url (then only "
+        "values other than neutral are sent)",
+    )
     # A server rmkit starts for `model` (and stops when the backend is closed).
     launch: LaunchConfig | None = Field(None, description="start a server for `model`")
 
@@ -129,7 +136,19 @@ class BackendConfig(StrictModel):
     def backend_kwargs(self) -> dict[str, Any]:
         """The :func:`~rmkit.generation.make_backend` arguments of this section's kind."""
         keys = API_KEYS if self.is_api else LOCAL_KEYS
-        return {k: getattr(self, k) for k in keys}
+        out = {k: getattr(self, k) for k in keys}
+        if self.is_api:
+            out["explicit_sampling"] = self.sends_explicit_sampling
+        return out
+
+    @property
+    def sends_explicit_sampling(self) -> bool:
+        """Whether requests carry ``top_k`` / ``repetition_penalty`` even at their neutral
+        values: ``explicit_sampling``, by default only for a server rmkit launches (whose kind,
+        vLLM or rmkit serve, is known to take them)."""
+        if self.explicit_sampling is not None:
+            return self.explicit_sampling
+        return self.launch is not None
 
     def build(self, server_log: str | Path | None = None, **extra: Any) -> Backend:
         """The backend: ``make_backend`` with the fields of this kind plus ``extra`` (e.g.

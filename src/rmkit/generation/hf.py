@@ -8,7 +8,12 @@ How it works:
   ``model.generate`` call on the chunk's conversations each repeated ``n`` times, left-padded by
   :func:`rmkit.models.chat.prepare_inputs`.
 - ``temperature == 0`` is greedy decoding; otherwise sampling from the distribution shaped by
-  ``temperature`` and ``top_p`` (top-k is switched off so only these two shape it).
+  ``temperature``, ``top_k`` and ``top_p`` (in that order, as ``generate`` applies them).
+  ``repetition_penalty`` applies to both, before temperature. Every one of these comes from
+  :class:`~rmkit.generation.base.SamplingParams`, never from the checkpoint's
+  ``generation_config.json`` (Qwen2.5 instruct models ship ``repetition_penalty: 1.05``,
+  ``top_k: 20``): the defaults (1.0, 0) switch them off. The backend logs once, at INFO, when
+  the checkpoint's values differ from what it samples with by default.
 - ``seed`` makes results repeat: chunk *k* runs under ``torch.manual_seed(seed + k)`` inside a
   forked RNG (the caller's RNG state is left untouched). Results depend on ``batch_size``
   (padding and batch composition), so repeat runs must use the same one.
@@ -17,20 +22,22 @@ How it works:
   the tokenizer's EOS, and at ``params.stop`` strings (matched in the generated text only; the
   returned text ends before the stop string, the token ids include the tokens that formed it). ``finish_reason`` is "stop" then, "length" otherwise.
 - Log-probabilities are the log-softmax of the model's logits for the chosen tokens at
-  temperature 1, *before* temperature and top-p are applied (the model's own distribution;
-  ``logprobs_mode="raw_logprobs"``, vLLM's default), recorded step by step by an identity logits
-  processor so the full ``(batch, steps, vocab)`` logits are never stored. With
-  ``logprobs_mode="processed_logprobs"`` (vLLM's mode of that name) they are taken *after*
-  temperature and top-p: the distribution the tokens were actually sampled from.
+  temperature 1, *before* the repetition penalty, temperature, top-k and top-p are applied (the
+  model's own distribution; ``logprobs_mode="raw_logprobs"``, vLLM's default), recorded step by
+  step by an identity logits processor so the full ``(batch, steps, vocab)`` logits are never
+  stored. With ``logprobs_mode="processed_logprobs"`` (vLLM's mode of that name) they are taken
+  *after* all of them: the distribution the tokens were actually sampled from. (The repetition
+  penalty is therefore rmkit's own processor, run after the recorder, not ``generate``'s.)
 - ``stats`` keeps counters and a time breakdown: ``prepare_s`` (chat template, tokenising,
   image processing), ``prefill_s`` (until the first new token's logits) and ``decode_s``.
 - ``decoder="auto"`` (the default) decodes text-only Llama/Qwen2 models with
   :mod:`rmkit.generation.prefix_decode`: each distinct prompt is run once and its key/value
   cache shared by its ``n`` completions (no padding, no per-step cache copies), and sampling
   draws from the processed distribution by inverse CDF (one uniform number per row instead of
-  ``torch.multinomial``'s exponential draw over the whole vocabulary). Same temperature, top-p,
-  stop and log-prob semantics; other models, image inputs and generation configs with extra
-  logits processors go through ``model.generate``, as does ``decoder="generate"``.
+  ``torch.multinomial``'s exponential draw over the whole vocabulary). Same repetition
+  penalty, temperature, top-k, top-p, stop and log-prob semantics; other models, image inputs
+  and generation configs with extra logits processors go through ``model.generate``, as does
+  ``decoder="generate"``.
   ``stats["decoder"]`` says which ran last.
 
 The dtype (fp32/bf16) and quantization come from how the model was loaded.
@@ -43,11 +50,18 @@ import copy
 import dataclasses
 import logging
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
 from rmkit.generation.base import Completion, SamplingParams
-from rmkit.generation.steps import StepRecorder, StopStrings, sample_categorical, warpers
+from rmkit.generation.steps import (
+    RepetitionPenalty,
+    StepRecorder,
+    StopStrings,
+    sample_categorical,
+    warpers,
+)
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +126,7 @@ class HFBackend:
         self.stop_ids = end_of_turn_ids(loaded)
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else self.stop_ids[0]
+        log_checkpoint_sampling(self.model)
         self.stats: dict[str, Any] = {
             "calls": 0,
             "sequences": 0,
@@ -203,10 +218,22 @@ class HFBackend:
                 True,
                 float(params.temperature),
                 float(params.top_p),
-                0,
+                int(params.top_k),
             )
+        # never the checkpoint's: params.repetition_penalty is applied by rmkit's own processor
+        # (after the log-prob recorder, see _penalty), so generate must not apply one too
+        cfg.repetition_penalty = 1.0
         cfg.stop_strings = None
         return cfg
+
+    def _penalty(
+        self, params: SamplingParams, prompts: list[list[int]], start: int
+    ) -> RepetitionPenalty | None:
+        """The repetition-penalty processor of a call (None at 1.0): ``prompts`` per row,
+        ``start`` prompt columns in the ``input_ids`` it sees (see :class:`RepetitionPenalty`)."""
+        if params.repetition_penalty == 1.0:
+            return None
+        return RepetitionPenalty(params.repetition_penalty, prompts, start)
 
     def _generate_chunk(
         self,
@@ -233,28 +260,34 @@ class HFBackend:
             reason = "image inputs"
             inputs = prepare_inputs(self.loaded, _repeat(chunk, params.n))
         inputs = {k: v.to(device) if hasattr(v, "to") else v for k, v in inputs.items()}
+        prompt_len = inputs["input_ids"].shape[1]
+        prompts = None  # each row's unpadded prompt ids: the shared decoder's input, the penalty's
+        if reason is None or params.repetition_penalty != 1.0:
+            mask = inputs.get("attention_mask", torch.ones_like(inputs["input_ids"]))
+            ids = inputs["input_ids"]
+            prompts = [row[m.bool()].tolist() for row, m in zip(ids, mask, strict=True)]
+        if reason is None:  # one prompt per conversation; rows are conversation-major
+            penalty = self._penalty(params, _repeat(prompts, params.n), 0)
+        else:  # input_ids already repeat each conversation n times
+            penalty = self._penalty(params, prompts, prompt_len)
         processed = self.logprobs_mode == "processed_logprobs"
-        recorder = StepRecorder(params.logprobs, top_k, warpers(gen_config) if processed else None)
+        chain = ([penalty] if penalty is not None else []) + warpers(gen_config)
+        recorder = StepRecorder(params.logprobs, top_k, chain if processed else None)
         with torch.inference_mode(), _seeded(seed, device):
             if reason is None:
-                mask = inputs.get("attention_mask", torch.ones_like(inputs["input_ids"]))
-                prompts = [
-                    row[m.bool()].tolist() for row, m in zip(inputs["input_ids"], mask, strict=True)
-                ]
                 stops = StopStrings(self.tokenizer, params.stop, 0) if params.stop else None
                 t1 = time.perf_counter()
                 hook = recorder if tap is None else tap.wrap(recorder, 0)
-                gen = self._decode_shared(prompts, params, hook, stops, gen_config)
+                gen = self._decode_shared(prompts, params, hook, stops, gen_config, penalty)
                 prompt_tokens = sum(len(p) for p in prompts) * params.n
             else:
                 log.debug("model.generate runs this call: %s", reason)
-                prompt_len = inputs["input_ids"].shape[1]
                 stops = (
                     StopStrings(self.tokenizer, params.stop, prompt_len) if params.stop else None
                 )
                 t1 = time.perf_counter()
                 hook = recorder if tap is None else tap.wrap(recorder, prompt_len)
-                gen = self._generate_hf(inputs, gen_config, hook, stops)[:, prompt_len:]
+                gen = self._generate_hf(inputs, gen_config, hook, stops, penalty)[:, prompt_len:]
                 prompt_tokens = (
                     int(inputs["attention_mask"].sum())
                     if "attention_mask" in inputs
@@ -288,28 +321,37 @@ class HFBackend:
         )
         return samples
 
-    def _generate_hf(self, inputs: dict, gen_config, recorder, stops):
+    def _generate_hf(self, inputs: dict, gen_config, recorder, stops, penalty=None):
         from transformers import LogitsProcessorList, StoppingCriteriaList
 
+        # generate runs these after its own processors and before its warpers (temperature,
+        # top-k, top-p): the recorder sees the raw logits, the penalty comes before temperature
+        processors = [recorder] + ([penalty] if penalty is not None else [])
         out = self.model.generate(
             **inputs,
             generation_config=gen_config,
-            logits_processor=LogitsProcessorList([recorder]),
+            logits_processor=LogitsProcessorList(processors),
             stopping_criteria=StoppingCriteriaList([stops] if stops else []),
         )
         return out.sequences
 
     def _decode_shared(
-        self, prompts: list[list[int]], params: SamplingParams, recorder, stops, gen_config
+        self,
+        prompts: list[list[int]],
+        params: SamplingParams,
+        recorder,
+        stops,
+        gen_config,
+        penalty=None,
     ):
         """``params.n`` rows per prompt through :class:`PrefixDecoder`, choosing tokens as
-        ``generate`` would: recorder, temperature, top-p, then greedy or a sample; a finished
-        row gets the pad token."""
+        ``generate`` would: recorder, repetition penalty, temperature, top-k, top-p, then
+        greedy or a sample; a finished row gets the pad token."""
         import torch
 
         from rmkit.generation.prefix_decode import PrefixDecoder
 
-        processors = warpers(gen_config)
+        processors = ([penalty] if penalty is not None else []) + warpers(gen_config)
         stop_ids = torch.tensor(self.stop_ids, device=self.model.device)
         state: dict[str, Any] = {}
 
@@ -361,6 +403,46 @@ class HFBackend:
             logprobs[:n] if logprobs is not None else None,
             top[:n] if top is not None else None,
         )
+
+
+def checkpoint_sampling_note(model: Any) -> str | None:
+    """A one-line note when the checkpoint's ``generation_config`` sets a repetition penalty or
+    top-k that rmkit does not use by default (it samples with ``SamplingParams``' values: see
+    :class:`~rmkit.generation.base.SamplingParams`); None when it sets neither."""
+    gc = getattr(model, "generation_config", None)
+    try:
+        given = gc.to_diff_dict()  # what the checkpoint sets (not transformers' defaults)
+    except Exception:  # no generation config, or a foreign object
+        return None
+    found = []
+    penalty = given.get("repetition_penalty")
+    if isinstance(penalty, (int, float)) and penalty != 1.0:
+        found.append(f"repetition_penalty={penalty:g}")
+    top_k = given.get("top_k")
+    if isinstance(top_k, int) and top_k > 0:
+        found.append(f"top_k={top_k}")
+    if not found:
+        return None
+    return (
+        f"the checkpoint's generation_config sets {', '.join(found)}; rmkit samples with its own "
+        "sampling settings instead (repetition_penalty 1.0 and top_k 0 unless set)"
+    )
+
+
+_NOTED: weakref.WeakSet = weakref.WeakSet()
+
+
+def log_checkpoint_sampling(model: Any) -> None:
+    """Log :func:`checkpoint_sampling_note` at INFO, once per model object."""
+    try:
+        if model in _NOTED:
+            return
+        _NOTED.add(model)
+    except TypeError:  # not weak-referenceable: log every time
+        pass
+    note = checkpoint_sampling_note(model)
+    if note:
+        log.info("%s", note)
 
 
 class _StepTap:

@@ -228,7 +228,8 @@ def launch_backend(cfg, server_log: str | Path | None = None, **extra):
         backend = OpenAIBackend(
             url, name, api_key_env=cfg.api_key_env, concurrency=cfg.concurrency,
             max_retries=cfg.max_retries, timeout=cfg.timeout, backoff_base=cfg.backoff_base,
-            max_tokens_field=cfg.max_tokens_field, **extra,
+            max_tokens_field=cfg.max_tokens_field,
+            explicit_sampling=cfg.sends_explicit_sampling, **extra,
         )  # fmt: skip
     except BaseException:
         process.stop()

@@ -65,7 +65,10 @@ class OpenAIBackend(OpenAIRequests):
     finished (their results are cached); "skip" returns an empty completion with
     ``finish_reason="error"`` for each sample that failed. ``max_tokens_field`` names the request
     field for ``max_new_tokens`` ("max_tokens", understood by most servers, or
-    "max_completion_tokens" for newer OpenAI models).
+    "max_completion_tokens" for newer OpenAI models). ``explicit_sampling``: send ``top_k``
+    and ``repetition_penalty`` with every request, neutral values too (a server with vLLM's
+    sampling fields; see :func:`~.openai_wire.sampling_extras`); without it only values set
+    away from neutral are sent.
     """
 
     def __init__(
@@ -85,6 +88,7 @@ class OpenAIBackend(OpenAIRequests):
         max_tokens_field: str = "max_tokens",
         jitter_seed: int | None = None,
         greedy_empty_retries: int = 1,
+        explicit_sampling: bool | None = False,
     ):
         if concurrency < 1 or max_retries < 0 or timeout <= 0 or greedy_empty_retries < 0:
             raise RmkitError(
@@ -107,6 +111,7 @@ class OpenAIBackend(OpenAIRequests):
         self.timeout = float(timeout)
         self.on_error = on_error
         self.max_tokens_field = max_tokens_field
+        self.explicit_sampling = bool(explicit_sampling)
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.retry_after_max = retry_after_max

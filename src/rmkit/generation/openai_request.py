@@ -33,6 +33,7 @@ class OpenAIRequests:
     greedy_empty_retries: int
     timeout: float
     max_tokens_field: str
+    explicit_sampling: bool
     backoff_base: float
     backoff_max: float
     retry_after_max: float
@@ -81,6 +82,7 @@ class OpenAIRequests:
                             params,
                             index,
                             self.max_tokens_field,
+                            self.explicit_sampling,
                         )
                     self.stats["api_calls"] += 1
                     comp = await self._attempt(body, params)

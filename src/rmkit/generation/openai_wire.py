@@ -37,10 +37,14 @@ def request_body(
     params: SamplingParams,
     index: int,
     max_tokens_field: str = "max_tokens",
+    explicit_sampling: bool = False,
 ) -> dict[str, Any]:
     """The chat-completions JSON for sample ``index`` of ``conversation`` (images as data URLs).
 
     ``top_p`` is sent only for sampled requests below 1; ``seed`` is ``params.seed + index``.
+    ``top_k`` and ``repetition_penalty`` are not OpenAI fields but vLLM's (also rmkit serve's
+    and SGLang's), sent at the top level of the body (what the SDK's ``extra_body`` does) by
+    :func:`sampling_extras`: see there for when.
 
     >>> request_body("m", [{"role": "user", "content": "hi"}], SamplingParams(seed=3), 1)
     ... # doctest: +NORMALIZE_WHITESPACE
@@ -50,7 +54,7 @@ def request_body(
     return {
         "model": model,
         "messages": to_openai_messages(conversation),
-        **_sampling_fields(params, index, max_tokens_field),
+        **_sampling_fields(params, index, max_tokens_field, explicit_sampling),
     }
 
 
@@ -66,6 +70,7 @@ def request_bytes(
     params: SamplingParams,
     index: int,
     max_tokens_field: str = "max_tokens",
+    explicit_sampling: bool = False,
 ) -> bytes:
     """:func:`request_body` serialised, from messages already encoded by
     :func:`encode_messages` (the same JSON object, without encoding the images again).
@@ -74,17 +79,47 @@ def request_bytes(
     ...               SamplingParams(temperature=0), 0)
     b'{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":0,"max_tokens":256}'
     """
-    rest = orjson.dumps(_sampling_fields(params, index, max_tokens_field))
+    rest = orjson.dumps(_sampling_fields(params, index, max_tokens_field, explicit_sampling))
     return b'{"model":' + orjson.dumps(model) + b',"messages":' + messages_json + b"," + rest[1:]
 
 
-def _sampling_fields(params: SamplingParams, index: int, max_tokens_field: str) -> dict[str, Any]:
+def sampling_extras(params: SamplingParams, explicit: bool) -> dict[str, Any]:
+    """``top_k`` and ``repetition_penalty`` for a request body (vLLM's sampling fields).
+
+    ``explicit`` (a server known to take them: one rmkit launched, vLLM or rmkit serve, or a
+    section with ``explicit_sampling: true``): both are always sent, neutral values included
+    (``top_k: -1`` is "off" for every vLLM version and rmkit serve), so a vLLM server's
+    defaults from the model's ``generation_config.json`` (vLLM's ``--generation-config auto``)
+    do not apply. Otherwise (any OpenAI-compatible endpoint): only values the caller set away
+    from neutral are sent, so a plain OpenAI endpoint never sees a field it would reject
+    unless the recipe asks for one (then it fails loudly instead of sampling without it).
+    ``top_k`` is left out of greedy requests (it cannot change them).
+
+    >>> sampling_extras(SamplingParams(), False)
+    {}
+    >>> sampling_extras(SamplingParams(), True)
+    {'top_k': -1, 'repetition_penalty': 1.0}
+    >>> sampling_extras(SamplingParams(top_k=50, repetition_penalty=1.05), False)
+    {'top_k': 50, 'repetition_penalty': 1.05}
+    """
+    out: dict[str, Any] = {}
+    if not params.greedy and (explicit or params.top_k > 0):
+        out["top_k"] = params.top_k if params.top_k > 0 else -1
+    if explicit or params.repetition_penalty != 1.0:
+        out["repetition_penalty"] = float(params.repetition_penalty)
+    return out
+
+
+def _sampling_fields(
+    params: SamplingParams, index: int, max_tokens_field: str, explicit: bool = False
+) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "temperature": params.temperature,
         max_tokens_field: params.max_new_tokens,
     }
     if not params.greedy and params.top_p < 1.0:
         fields["top_p"] = params.top_p
+    fields.update(sampling_extras(params, explicit))
     if params.seed is not None:
         fields["seed"] = params.seed + index
     if params.logprobs:

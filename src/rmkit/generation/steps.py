@@ -1,6 +1,6 @@
 """Per-step token selection shared by the local backend's two decoders: the log-prob
-recorder, the stop-string criterion, the temperature/top-p processors ``generate`` would apply,
-and inverse-CDF sampling."""
+recorder, the stop-string criterion, the repetition penalty, the temperature/top-k/top-p
+processors ``generate`` would apply, and inverse-CDF sampling."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ class StepRecorder:
     log-softmax of each step's logits at the token chosen there (and the top ``k``).
 
     ``processors`` (vLLM's ``processed_logprobs`` mode): the log-probs are taken after these
-    (temperature, top-p) are applied to a copy of the logits - the distribution the tokens were
-    sampled from; without them, of the raw logits (``raw_logprobs``).
+    (repetition penalty, temperature, top-k, top-p) are applied to a copy of the logits - the
+    distribution the tokens were sampled from; without them, of the raw logits
+    (``raw_logprobs``).
     """
 
     def __init__(self, want_logprobs: bool, top_k: int, processors: list | None = None):
@@ -107,9 +108,11 @@ def sample_categorical(probs):
 
 
 def warpers(gen_config) -> list:
-    """The temperature and top-p processors ``generate`` would apply for this config."""
+    """The temperature, top-k and top-p processors ``generate`` would apply for this config,
+    in its order."""
     from transformers.generation.logits_process import (
         TemperatureLogitsWarper,
+        TopKLogitsWarper,
         TopPLogitsWarper,
     )
 
@@ -118,6 +121,55 @@ def warpers(gen_config) -> list:
     out = []
     if gen_config.temperature is not None and gen_config.temperature != 1.0:
         out.append(TemperatureLogitsWarper(gen_config.temperature))
+    if gen_config.top_k is not None and gen_config.top_k != 0:
+        out.append(TopKLogitsWarper(int(gen_config.top_k)))
     if gen_config.top_p is not None and gen_config.top_p < 1.0:
         out.append(TopPLogitsWarper(gen_config.top_p))
     return out
+
+
+def penalize(scores, seen, penalty: float):
+    """Hugging Face's (and vLLM's) repetition penalty: where ``seen`` (same shape as
+    ``scores``, or broadcastable) is true, a positive logit is divided by ``penalty`` and a
+    negative one multiplied by it. Returns a new tensor."""
+    import torch
+
+    hit = torch.where(scores < 0, scores * penalty, scores / penalty)
+    return torch.where(seen, hit, scores)
+
+
+class RepetitionPenalty:
+    """A logits processor applying :func:`penalize` to every token of each row's prompt and of
+    what the row has generated so far.
+
+    ``prompts``: the prompt token ids of each row (no padding). ``start``: how many leading
+    columns of the ``input_ids`` it is called with are the (padded) prompt - those columns are
+    skipped, the prompt being known from ``prompts`` (so left padding is never penalised);
+    0 when ``input_ids`` hold the generated tokens only. The per-row set of seen tokens is a
+    ``(rows, vocab)`` boolean mask built on the first call and extended with the columns not
+    seen before, so calling it twice with the same ``input_ids`` (the log-prob recorder's copy
+    and the real chain) gives the same result.
+    """
+
+    def __init__(self, penalty: float, prompts: list[list[int]], start: int = 0):
+        self.penalty, self.prompts, self.start = float(penalty), prompts, start
+        self.seen = None
+        self.upto = start
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        if self.seen is None:
+            rows, vocab = scores.shape
+            self.seen = torch.zeros((rows, vocab), dtype=torch.bool, device=scores.device)
+            r = [i for i, ids in enumerate(self.prompts) for _ in ids]
+            t = [tok for ids in self.prompts for tok in ids]
+            if t:
+                self.seen[
+                    torch.tensor(r, device=scores.device), torch.tensor(t, device=scores.device)
+                ] = True
+        width = input_ids.shape[1]
+        if width > self.upto:
+            self.seen.scatter_(1, input_ids[:, self.upto :].to(self.seen.device), True)
+            self.upto = width
+        return penalize(scores, self.seen, self.penalty)

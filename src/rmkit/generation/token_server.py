@@ -9,6 +9,10 @@ offer vLLM's extensions of the chat-completions API - ``vllm serve`` and ``rmkit
 - ``logprobs: true``: one log-probability per generated token - the behaviour log-probs. Both
   servers report the log-softmax of the raw logits (temperature 1, before top-p): vLLM's
   default ``logprobs_mode`` ``raw_logprobs``, and rmkit's local backend alike.
+- ``top_k`` and ``repetition_penalty`` (vLLM's sampling fields) are sent with every request,
+  neutral values included (``top_k: -1`` is "off"): vLLM otherwise fills them from the model's
+  ``generation_config.json`` (its ``--generation-config auto``), and the trainer's log-probs
+  would not know of them.
 - ``n`` and ``seed``: the ``n`` completions of a conversation are one request (the server
   shares the prompt's prefill); conversation ``i`` of a call is sent with ``seed + i``. A
   greedy request is sent with ``n = 1`` (vLLM refuses ``n > 1`` without sampling) and its
@@ -163,6 +167,11 @@ class TokenServerBackend:
         }
         if not params.greedy and params.top_p < 1.0:
             body["top_p"] = params.top_p
+        # always explicit: a vLLM server otherwise samples with the model's
+        # generation_config.json defaults (e.g. repetition_penalty 1.05), which the trainer's
+        # log-probs know nothing about
+        body["top_k"] = params.top_k if params.top_k > 0 else -1
+        body["repetition_penalty"] = float(params.repetition_penalty)
         if params.seed is not None:
             body["seed"] = params.seed + index
         if params.stop:

@@ -34,6 +34,10 @@ class CaptionStageConfig(BackendConfig):
     prompt: str | None = Field(None, description="captioning instruction (default: detailed)")
     max_new_tokens: int = Field(256, ge=1)
     temperature: float = Field(0.0, ge=0, description="0 = greedy")
+    top_k: int = Field(0, ge=0, description="0 = off")
+    repetition_penalty: float = Field(
+        1.0, gt=0, description="1.0 = off (never the checkpoint's generation_config value)"
+    )
     splits: list[Literal["train", "val", "test"]] = Field(default_factory=lambda: list(SPLITS))
     keep_text: bool = Field(False, description="also copy records without images")
 

@@ -63,6 +63,8 @@ def run_caption(stage: Stage, resume: bool) -> dict[str, Any]:
     settings = CaptionSettings(
         max_new_tokens=c.max_new_tokens,
         temperature=c.temperature,
+        top_k=c.top_k,
+        repetition_penalty=c.repetition_penalty,
         splits=tuple(c.splits),
         keep_text=c.keep_text,
     )

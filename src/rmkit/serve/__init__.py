@@ -49,7 +49,8 @@ def build_app(
     ``/reset_prefix_cache`` for full-weight RL sync; ``weights_root`` confines their paths.
     ``merge_lora``: generate through a runtime adapter with it folded into the weights.
     ``logprobs_mode``: ``raw_logprobs`` (the model's distribution, temperature 1) or
-    ``processed_logprobs`` (after temperature and top-p: what was sampled from), as vLLM's.
+    ``processed_logprobs`` (after the repetition penalty, temperature, top-k and top-p: what
+    was sampled from), as vLLM's.
     """
     from rmkit.serve.app import create_app
     from rmkit.serve.engine import ServeEngine

@@ -6,8 +6,8 @@ jobs with :meth:`ServeEngine.chat_job` / :meth:`ServeEngine.call_job` and submit
 worker runs them here.
 
 Chat batching: requests share one ``generate_detailed`` call when they run under the same
-adapter with the same sampling parameters (temperature, top-p, max tokens, stop strings,
-log-probs; ``n`` too, except for greedy requests, which are generated once and repeated) and
+adapter with the same sampling parameters (temperature, top-p, top-k, repetition penalty,
+max tokens, stop strings, log-probs; ``n`` too, except for greedy requests, which are generated once and repeated) and
 carry **no seed**. A request with a seed is always generated alone, exactly as
 ``HFBackend(loaded, batch_size).generate_detailed([conversation], params)`` generates it, so a
 seeded request through the server equals local generation (RL rollouts rely on this).

@@ -119,9 +119,7 @@ StopString = Annotated[str, Field(min_length=1)]
 _NEUTRAL: dict[str, tuple[Any, ...]] = {
     "frequency_penalty": (None, 0, 0.0),
     "presence_penalty": (None, 0, 0.0),
-    "repetition_penalty": (None, 1, 1.0),
     "logit_bias": (None, {}),
-    "top_k": (None, -1, 0),
     "min_p": (None, 0, 0.0),
     "tools": (None, []),
     "tool_choice": (None, "none"),
@@ -141,6 +139,10 @@ class ChatCompletionRequest(_Strict):
     n: int = Field(1, ge=1, le=MAX_N)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
+    # vLLM's sampling fields: top_k -1 or 0 = off; repetition_penalty 1 = off, in (0, 2] as in
+    # vLLM. Unset means off - never the model's generation_config.json values.
+    top_k: int | None = Field(None, ge=-1)
+    repetition_penalty: float | None = Field(None, gt=0.0, le=2.0)
     max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
@@ -288,6 +290,8 @@ def sampling_params(req: ChatCompletionRequest) -> tuple[SamplingParams, int, bo
         seed=req.seed,
         logprobs=logprobs,
         stop=tuple(stop),
+        top_k=max(0, req.top_k or 0),
+        repetition_penalty=1.0 if req.repetition_penalty is None else float(req.repetition_penalty),
     )
     return params, top, explicit is not None
 

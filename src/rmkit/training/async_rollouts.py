@@ -15,8 +15,10 @@ step when its rollout is submitted, in step order, so a step trains on the same 
 synchronous run; each rollout is sampled with its own step's seed.
 
 The loss takes its importance ratio against the **behaviour log-probs** the engine recorded
-while sampling (the engines run with vLLM's ``processed_logprobs``: after temperature and
-top-p), since the trainer no longer has the weights that generated the rollout.
+while sampling (the engines run with vLLM's ``processed_logprobs``: after the repetition
+penalty, temperature, top-k and top-p), since the trainer no longer has the weights that
+generated the rollout. The trainer's own log-probs match that distribution exactly with
+``rl.policy_logprobs: sampler``.
 
 Checkpoints: the rollouts already submitted for the next K steps are part of the run's state.
 Saving a checkpoint waits for them and stores them (records, orders, completions, versions) in

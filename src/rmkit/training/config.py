@@ -219,6 +219,15 @@ class RLSection(StrictModel):
     )
     temperature: float = Field(1.0, ge=0, description="0: greedy (log-probs at temperature 1)")
     top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0, description="rollout top-k (0: off)")
+    repetition_penalty: float = Field(
+        1.0, gt=0, description="rollout repetition penalty (1.0: off; never the checkpoint's)"
+    )
+    policy_logprobs: Literal["temperature", "sampler"] = Field(
+        "temperature",
+        description="loss log-probs: softmax(logits / T) (TRL, ms-swift, OpenRLHF) or the "
+        "sampler's exact distribution (repetition penalty, T, top-k, top-p)",
+    )
     max_new_tokens: int = Field(256, gt=0)
     clip_low: float | None = Field(None, ge=0, lt=1)
     clip_high: float | None = Field(None, ge=0)

@@ -241,12 +241,29 @@ def setup_run(cfg, resume: bool, select=None) -> Run:
         write_text_atomic(
             out / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
         )
+    if accel.is_main_process:
+        log_sampling(cfg, loaded.model)
     logger = MetricsLogger(out, accel.is_main_process, cfg.logging.tensorboard, resume_at)
     return Run(
         cfg, accel, loaded, model, optimizer, scheduler, order, records,
         image_root, out, steps, logger, step, reference,
         fsdp=fsdp, resumed_from=ckpt, resume_state=state,
     )  # fmt: skip
+
+
+def log_sampling(cfg, model) -> None:
+    """The run's effective sampling at its start (also in ``config.yaml``): for RL the rollout
+    sampling and the loss's log-probs (a warning when they disagree), and for any run a note
+    when the checkpoint's ``generation_config`` sets a repetition penalty or top-k that rmkit
+    does not use (it samples with the recipe's values, neutral by default)."""
+    from rmkit.generation.hf import log_checkpoint_sampling
+
+    if cfg.stage == "rl":
+        from rmkit.training.policy import sampling_notes
+
+        for level, message in sampling_notes(cfg.rl):
+            log.log(level, "%s", message)
+    log_checkpoint_sampling(model)
 
 
 def optimizer_step(run: Run) -> float:

@@ -54,6 +54,7 @@ def build_policy(cfg) -> Any:
         if w.mode == "full":
             loaded = load_model(m.spec, adapter=init, **kw)
             loaded.model = loaded.model.merge_and_unload()
+            loaded.model.requires_grad_(True)  # PEFT froze the base weights it merged into
             loaded.adapter = None
         else:
             loaded = load_model(

@@ -17,6 +17,13 @@ answers) are long. For text models a micro-batch can instead run each distinct p
 copy its key/value cache to the rows that continue it, and run only the completion tokens on
 top (:func:`shared_prompt_logprobs`); gradients flow back through the copied cache into the
 one prompt pass. Same math, a fraction of the tokens.
+
+**Which distribution.** ``rl.policy_logprobs`` decides what the log-probs are of
+(:func:`logprob_settings`): "temperature" (default; TRL, ms-swift, OpenRLHF) takes
+softmax(logits / T); "sampler" takes the distribution the rollout sampler drew from -
+repetition penalty, temperature, top-k, top-p
+(:func:`rmkit.algorithms.losses.sampler_token_logprobs`), the prompt of each row being the
+penalty's context. Old, reference and current log-probs all use the same one.
 """
 
 from __future__ import annotations
@@ -24,6 +31,68 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 from typing import Any
+
+
+@dataclass(frozen=True)
+class SamplerLogprobs:
+    """Log-probs of the sampler's distribution (``rl.policy_logprobs: sampler``); passed where a
+    log-prob temperature goes (see :func:`logprob_settings`)."""
+
+    temperature: float
+    top_k: int = 0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+
+
+def logprob_settings(rl) -> float | SamplerLogprobs:
+    """What the loss's log-probs are taken under, from the RL section ``rl``.
+
+    A float (a temperature) for ``policy_logprobs: temperature`` - the sampling temperature, or
+    1 for greedy rollouts - and wherever the sampler's distribution is exactly that (no
+    repetition penalty, top-k or top-p); otherwise a :class:`SamplerLogprobs`. For greedy
+    rollouts only the repetition penalty applies (at temperature 1), as in ``generate``.
+    """
+    temperature = rl.temperature if rl.temperature > 0 else 1.0
+    if getattr(rl, "policy_logprobs", "temperature") != "sampler":
+        return temperature
+    greedy = rl.temperature == 0
+    spec = SamplerLogprobs(
+        temperature,
+        0 if greedy else int(getattr(rl, "top_k", 0)),
+        1.0 if greedy else float(rl.top_p),
+        float(getattr(rl, "repetition_penalty", 1.0)),
+    )
+    if spec.top_k == 0 and spec.top_p >= 1.0 and spec.repetition_penalty == 1.0:
+        return temperature
+    return spec
+
+
+def sampling_notes(rl) -> list[tuple[int, str]]:
+    """``(logging level, message)`` lines for the start of an RL run: the effective rollout
+    sampling and the loss's log-probs, and a warning when they disagree about the repetition
+    penalty (which ``policy_logprobs: temperature`` leaves out of the loss)."""
+    import logging
+
+    mode = getattr(rl, "policy_logprobs", "temperature")
+    top_k = getattr(rl, "top_k", 0)
+    penalty = getattr(rl, "repetition_penalty", 1.0)
+    notes = [
+        (
+            logging.INFO,
+            f"rollout sampling: temperature={rl.temperature:g} top_p={rl.top_p:g} "
+            f"top_k={top_k or 'off'} repetition_penalty={penalty:g}; loss log-probs: {mode}",
+        )
+    ]
+    if penalty != 1.0 and mode == "temperature":
+        notes.append(
+            (
+                logging.WARNING,
+                f"rl.repetition_penalty={penalty:g} shapes the rollouts, but the loss's log-probs "
+                "(rl.policy_logprobs: temperature) leave it out, so they differ from the "
+                "sampler's; set rl.policy_logprobs: sampler for the exact distribution",
+            )
+        )
+    return notes
 
 
 @dataclass
@@ -106,15 +175,32 @@ def _accepts_logits_to_keep(model) -> bool:
     return "logits_to_keep" in inspect.signature(fwd).parameters
 
 
-def completion_logprobs(model, mb: MicroBatch, temperature: float = 1.0, shared: bool = False):
+def _logprobs(logits, mb: MicroBatch, how: float | SamplerLogprobs):
+    """The completion tokens' log-probs from their (b, T, V) logits: at a temperature, or
+    under the sampler's distribution with each row's prompt as the penalty's context."""
+    from rmkit.algorithms import sampler_token_logprobs, token_logprobs
+
+    if not isinstance(how, SamplerLogprobs):
+        return token_logprobs(logits, mb.tokens, how)
+    width = mb.tokens.shape[1]
+    prompt_len = mb.inputs["input_ids"].shape[1] - width
+    return sampler_token_logprobs(
+        logits, mb.tokens, mb.inputs["input_ids"][:, :prompt_len], how.temperature, how.top_k,
+        how.top_p, how.repetition_penalty,
+        context_mask=mb.inputs["attention_mask"][:, :prompt_len],
+    )  # fmt: skip
+
+
+def completion_logprobs(
+    model, mb: MicroBatch, temperature: float | SamplerLogprobs = 1.0, shared: bool = False
+):
     """log pi(c_t | prompt, c_<t) for the completion tokens of ``mb``: (b, T), float32.
 
     Logits are divided by ``temperature`` (the distribution the completions were sampled
-    from, as far as temperature goes). Padding positions hold garbage; use ``mb.mask``.
-    ``shared`` runs each distinct prompt once (:func:`shared_prompt_logprobs`).
+    from, as far as temperature goes), or, given a :class:`SamplerLogprobs`, go through the
+    sampler's whole transform (:func:`logprob_settings`). Padding positions hold garbage; use
+    ``mb.mask``. ``shared`` runs each distinct prompt once (:func:`shared_prompt_logprobs`).
     """
-    from rmkit.algorithms import token_logprobs
-
     if shared and mb.prompts is not None:
         return shared_prompt_logprobs(model, mb, temperature)
     width = mb.tokens.shape[1]
@@ -123,10 +209,10 @@ def completion_logprobs(model, mb: MicroBatch, temperature: float = 1.0, shared:
         kwargs["logits_to_keep"] = width + 1
     logits = model(**mb.inputs, **kwargs).logits
     logits = logits[:, -(width + 1) : -1, :]
-    return token_logprobs(logits, mb.tokens, temperature)
+    return _logprobs(logits, mb, temperature)
 
 
-def shared_prompt_logprobs(model, mb: MicroBatch, temperature: float = 1.0):
+def shared_prompt_logprobs(model, mb: MicroBatch, temperature: float | SamplerLogprobs = 1.0):
     """:func:`completion_logprobs` with each distinct prompt run once (text models).
 
     1. prompts (U, P) -> key/value cache and the last position's logits (which predict each
@@ -136,8 +222,6 @@ def shared_prompt_logprobs(model, mb: MicroBatch, temperature: float = 1.0):
     Positions continue from P, as in the full (left-padded prompt + completion) layout.
     """
     import torch
-
-    from rmkit.algorithms import token_logprobs
 
     out = model(**mb.prompts, use_cache=True, logits_to_keep=1)
     logits = out.logits[:, -1:, :].index_select(0, mb.group)
@@ -151,11 +235,15 @@ def shared_prompt_logprobs(model, mb: MicroBatch, temperature: float = 1.0):
             use_cache=True,
         ).logits  # fmt: skip
         logits = torch.cat([logits, rest], dim=1)
-    return token_logprobs(logits, mb.tokens, temperature)
+    return _logprobs(logits, mb, temperature)
 
 
 def reference_logprobs(
-    policy, reference, batches: list[MicroBatch], temperature: float, shared: bool = False
+    policy,
+    reference,
+    batches: list[MicroBatch],
+    temperature: float | SamplerLogprobs,
+    shared: bool = False,
 ):
     """Reference-policy log-probs per micro-batch (no grad), in eval mode."""
     import torch
@@ -170,7 +258,9 @@ def reference_logprobs(
     return out
 
 
-def old_logprobs(policy, batches: list[MicroBatch], temperature: float, shared: bool = False):
+def old_logprobs(
+    policy, batches: list[MicroBatch], temperature: float | SamplerLogprobs, shared: bool = False
+):
     """The rollout policy's log-probs per micro-batch (no grad, current weights)."""
     import torch
 

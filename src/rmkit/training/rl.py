@@ -54,6 +54,7 @@ def rl_step(run: Run) -> tuple[dict[str, float], dict[str, Any]]:
     from rmkit.training.policy import (
         behaviour_logprobs,
         completion_logprobs,
+        logprob_settings,
         micro_batch_parts,
         old_logprobs,
         reference_logprobs,
@@ -82,7 +83,7 @@ def rl_step(run: Run) -> tuple[dict[str, float], dict[str, Any]]:
     share = run.share_prompts  # no-grad passes; the grad pass too when single-process
     parts = micro_batch_parts(run, ro)
     mbs = [mb for part in parts for mb in part]
-    temp = _logprob_temperature(rl)
+    temp = logprob_settings(rl)
     need_old = (
         rl.updates_per_batch > 1 or len(parts) > 1 or (rl.kl.mode == "k1_reward" and rl.kl.coef > 0)
     )
@@ -153,11 +154,6 @@ def rl_step(run: Run) -> tuple[dict[str, float], dict[str, Any]]:
         "kl": metrics.get("policy/kl"), "len": metrics["response/length"], "s/step": timer.total(),
     }  # fmt: skip
     return metrics, fields
-
-
-def _logprob_temperature(rl) -> float:
-    """Log-probs are taken at the sampling temperature (temperature 1 for greedy rollouts)."""
-    return rl.temperature if rl.temperature > 0 else 1.0
 
 
 def _units(mb, aggregation: str) -> float:

@@ -60,6 +60,8 @@ def render_rollout(run, records: list[dict], epoch: int, step: int):
         top_p=cfg.rl.top_p,
         max_new_tokens=cfg.rl.max_new_tokens,
         seed=rollout_seed(cfg.seed, step, run.rank),
+        top_k=cfg.rl.top_k,
+        repetition_penalty=cfg.rl.repetition_penalty,
     )
     return orders, convs, params
 

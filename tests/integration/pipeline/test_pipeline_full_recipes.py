@@ -61,6 +61,14 @@ def test_msrl_settings(tmp_path):
         weights = {r.key or r.name: r.weight for r in c.rewards.components}
         assert weights["accuracy"] == 1.0 and weights["format"] == 0.2
         assert weights.get("task_type", 0.2) == 0.2  # the paper's 0.2, not the released 0.04
+        # ms-swift's sampling and loss defaults, which the released scripts inherit
+        assert (c.rl.top_k, c.rl.top_p, c.rl.aggregation) == (50, 0.9, "seq_mean")
+    for stage in s.values():
+        if stage.kind == "train":
+            assert stage.config.optim.weight_decay == 0.1
+            assert stage.config.optim.betas == (0.9, 0.95)
+    single, vote5 = s["eval-vl-rewardbench"].config, s["eval-vl-rewardbench-vote5"].config
+    assert (single.votes, single.sampling.temperature, vote5.votes) == (1, 0.0, 5)
     assert "task_type" in {r.name for r in s["caption-rl"].config.rewards.components}
     assert [p.weight for p in s["caption-mix"].config.parts] == [4, 1]
     assert s["cmkd"].config.sampling.samples == 8
@@ -88,7 +96,26 @@ def test_r1_reward_settings(tmp_path):
     assert rl.rl.preclip and rl.rl.filter_sigma == 3.0 and rl.optim.betas == (0.9, 0.95)
     assert rl.rewards.combiner == "r1"
     consistency = next(r for r in rl.rewards.components if r.name == "consistency")
-    assert consistency.options["variant"] == "paper"
+    # the released judge protocol and scores, the released filter and loss aggregation
+    assert (consistency.options["protocol"], consistency.options["variant"]) == (
+        "released",
+        "signed",
+    )
+    assert (rl.rl.filter_rule, rl.rl.aggregation, rl.rl.repetition_penalty) == (
+        "released",
+        "seq_mean",
+        1.0,
+    )
+    # RL trains the vision tower (released train.sh), SFT keeps it frozen
+    assert not rl.weights.freeze_vision_tower and not rl.weights.freeze_projector
+    assert sft.weights.freeze_vision_tower
+    assert sft.model.max_pixels == rl.model.max_pixels == 501760
+    traces = s["sft-traces"].config
+    assert (traces.sampling.attempts, traces.sampling.temperature) == (3, 0.0)
+    assert traces.hard.min_difficulty == 2
+    # the paper's single-sample row and voting@5 as separate evaluations
+    single, vote5 = s["eval-vl-rewardbench"].config, s["eval-vl-rewardbench-vote5"].config
+    assert (single.votes, vote5.votes) == (1, 5)
     fmt = next(r for r in rl.rewards.components if r.name == "format")
     assert fmt.options["mode"] == "strict"
     assert s["sft"].launch.accelerate_config.endswith("deepspeed-zero3.yaml")
@@ -120,7 +147,12 @@ def test_unifiedreward_think_settings(tmp_path):
         )
         assert c.data.template == template
         assert c.data.path.endswith(("rs-generation/rl.jsonl", "rs-understanding/rl.jsonl"))
-    assert (
-        s["cold-start-traces"].config.filters.correct
-        and s["cold-start-traces"].config.limit == 10000
-    )
+    cold = s["cold-start-traces"].config
+    assert cold.filters.correct and (cold.sample, cold.limit) == (10000, None)
+    for name in ("rs-generation", "rs-understanding"):
+        assert s[name].config.rejection.rl == "wrong"
+    assert s["cold-start"].config.model.spec == "CodeGoat24/UnifiedReward-qwen-7b"
+    for name in ("grpo-generation", "grpo-understanding"):
+        c = s[name].config
+        assert c.model.max_pixels == 147456 and c.rl.aggregation == "seq_mean"
+    assert s["eval-vl-rewardbench"].config.votes == 1

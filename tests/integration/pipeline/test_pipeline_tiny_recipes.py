@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from rmkit.cli.main import main
 
@@ -75,6 +76,11 @@ def test_r1_reward_twin(tmp_path, tiny_vlm, tiny_text_model):
     out = tmp_path / "run"
     summary = run_recipe("r1-reward", out)
     assert metrics(summary, "sft-traces") == {"records": 8, "kept": 8, "rejected": 0}
+    # attempts: every trace is kept at its first attempt here (the twin keeps all traces) and
+    # labelled so; the hard subset (2+ attempts or never solved) is empty
+    traces = [json.loads(x) for x in (out / "sft-traces" / "traces.jsonl").read_text().splitlines()]
+    assert {(t["meta"]["attempts"], t["meta"]["difficulty"]) for t in traces} == {(1, 1)}
+    assert (out / "sft-traces" / "hard.jsonl").read_text() == ""
     assert metrics(summary, "rl-data")["records"]["train"] == 8
     rl = metrics(summary, "rl")
     assert rl["steps"] == 2
@@ -84,9 +90,23 @@ def test_r1_reward_twin(tmp_path, tiny_vlm, tiny_text_model):
     )
     config = (out / "rl" / "config.yaml").read_text()
     assert "stable_reinforce" in config and "http://127.0.0.1:" in config
-    # 2 PPO mini-batches per rollout batch: the first is on-policy, the second off-policy
-    import json
+    assert "filter_rule: released" in config and "protocol: released" in config
+    # the released RL trains every parameter: the vision tower moved from the base model's
+    from safetensors.torch import load_file
 
+    from rmkit.models.registry import resolve_model
+
+    base = {}
+    for f in resolve_model("tiny-qwen2.5-vl").glob("*.safetensors"):
+        base.update(load_file(f))
+    final = {}
+    for f in (out / "rl" / "final").glob("*.safetensors"):
+        final.update(load_file(f))
+    vision = [k for k in base if k.startswith(("visual.", "model.visual."))]
+    assert vision, sorted(base)[:5]
+    moved = [k for k in vision if k in final and not torch.equal(base[k], final[k])]
+    assert moved, "no vision-tower parameter changed in RL"
+    # 2 PPO mini-batches per rollout batch: the first is on-policy, the second off-policy
     rows = [json.loads(x) for x in (out / "rl" / "metrics.jsonl").read_text().splitlines()]
     assert all(r["policy/update1/ratio_max"] == 1.0 for r in rows)
     assert max(r["policy/update2/clip_frac"] for r in rows) > 0

@@ -20,7 +20,7 @@ LOCAL_ALL = {
 }  # fmt: skip
 API_ALL = {
     **API, "api_key_env": "MY_KEY", "concurrency": 5, "max_retries": 2, "timeout": 9.5,
-    "backoff_base": 0.25, "max_tokens_field": "max_completion_tokens",
+    "backoff_base": 0.25, "max_tokens_field": "max_completion_tokens", "explicit_sampling": True,
 }  # fmt: skip
 
 
