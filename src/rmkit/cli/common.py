@@ -119,7 +119,9 @@ def print_config(cfg: Any) -> None:
     """Print a resolved config as YAML on stdout (for --dry-run)."""
     import yaml
 
-    data = cfg.model_dump(mode="json") if hasattr(cfg, "model_dump") else cfg
+    from rmkit.generation.config import redact_secrets
+
+    data = redact_secrets(cfg.model_dump(mode="json") if hasattr(cfg, "model_dump") else cfg)
     print(yaml.safe_dump(data, sort_keys=False), end="")
 
 

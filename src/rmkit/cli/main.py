@@ -17,64 +17,6 @@ import typer
 
 from rmkit import __version__
 
-
-def omp_wait_policy(busy_cores: float) -> str | None:
-    """The OpenMP wait policy to run with, given how many cores other processes keep busy.
-
-    OpenMP threads busy-wait between parallel regions by default. On a quiet machine that is
-    what makes small ops fast; when another process competes for the cores, a spinning thread
-    waits for a partner that is not running. Measured on 2 cores, a 2-thread bf16 decode step
-    of SmolLM2-135M (8 rows, 209-token prompt): quiet, 57 ms default vs 109 ms ``PASSIVE``;
-    beside one CPU-bound process, 517 ms vs 86 ms; beside two, 193 ms vs 120 ms. So ``PASSIVE``
-    when other processes use at least half a core when rmkit starts, else OpenMP's default
-    (None).
-    """
-    return "PASSIVE" if busy_cores >= 0.5 else None
-
-
-def busy_cores(interval: float = 0.1) -> float | None:
-    """Cores kept busy by all processes over ``interval`` seconds (``/proc/stat``), or None
-    where that file does not exist."""
-    import time
-
-    def sample() -> tuple[int, int]:
-        with open("/proc/stat") as fh:
-            values = [int(v) for v in fh.readline().split()[1:9]]
-        return sum(values), values[3] + values[4]  # all jiffies, idle + iowait
-
-    try:
-        total0, idle0 = sample()
-        time.sleep(interval)
-        total1, idle1 = sample()
-    except (OSError, ValueError, IndexError):
-        return None
-    if total1 <= total0:
-        return 0.0
-    return (1 - (idle1 - idle0) / (total1 - total0)) * (os.cpu_count() or 1)
-
-
-def _openmp_loaded() -> bool:
-    """Once torch is imported its OpenMP runtime has read the policy: changing it is moot."""
-    return "torch" in sys.modules
-
-
-def set_omp_wait_policy() -> str | None:
-    """Apply :func:`omp_wait_policy` (before torch loads OpenMP); a value the user set wins.
-    Returns the policy in force (None: OpenMP's default)."""
-    if "OMP_WAIT_POLICY" not in os.environ and not _openmp_loaded():
-        busy = busy_cores()
-        policy = omp_wait_policy(busy) if busy is not None else None
-        if policy:
-            os.environ["OMP_WAIT_POLICY"] = policy
-            logging.getLogger("rmkit").info(
-                "other processes keep %.1f core(s) busy: OpenMP threads will sleep between "
-                "parallel regions (OMP_WAIT_POLICY=%s; export OMP_WAIT_POLICY to choose)",
-                busy,
-                policy,
-            )
-    return os.environ.get("OMP_WAIT_POLICY")
-
-
 app = typer.Typer(
     name="rmkit",
     help="Build data for, train, and evaluate generative (multimodal) reward models.",
@@ -99,9 +41,9 @@ def _root(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging on stderr."),
 ) -> None:
     """rmkit: one tool from raw preference data to a scored, reported reward model."""
+    # Nothing here samples the machine or logs: threading is decided where a model is loaded
+    # (rmkit.models.loading.configure_threads).
     setup_logging(logging.DEBUG if verbose else logging.INFO)
-    policy = set_omp_wait_policy()
-    logging.getLogger("rmkit").debug("OpenMP wait policy: %s", policy or "default")
 
 
 def setup_logging(level: int = logging.INFO) -> None:

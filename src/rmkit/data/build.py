@@ -43,6 +43,7 @@ from rmkit.data.records import make_record, prompt_text, record_problem
 from rmkit.data.sources import CONVERTERS, Pair, RowError, Skip
 from rmkit.data.sources.text import HH_SUBSETS
 from rmkit.errors import DataError, RmkitError
+from rmkit.utils import lock
 from rmkit.utils.console import Progress
 from rmkit.utils.io import (
     HashingWriter,
@@ -407,6 +408,12 @@ def build_data(cfg: BuildDataConfig, output: str | Path | None = None) -> dict[s
         )
     if out.exists() and not out.is_dir():
         raise RmkitError(f"output {out} exists and is not a folder")
+    # one build writes a folder at a time (SECURITY-REVIEW M6)
+    with lock.lock_output(out, what="build-data output"):
+        return _build_locked(cfg, out)
+
+
+def _build_locked(cfg: BuildDataConfig, out: Path) -> dict[str, Any]:
     manifest_path = out / "manifest.json"
     if manifest_path.exists():
         manifest_path.unlink()  # the folder is being rebuilt: it is incomplete until the new manifest

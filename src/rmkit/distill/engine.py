@@ -180,6 +180,7 @@ class Distiller:
         if not todo:
             return
         self._usage = UsageTracker(self.state, "teacher", self.backend())
+        _account_before_caching(self.backend(), self._usage)
         self._since_sync = 0
         # consistency: one judge call per batch of records; otherwise records go one by one
         batch_size = self.chunk_size() if self.cfg.filters.consistency else 1
@@ -239,7 +240,7 @@ class Distiller:
         from rmkit.generation.base import CompletionCache
 
         cache = CompletionCache(Path(main.path).parent / f"attempt-{attempt}")
-        backend.cache = cache
+        backend.cache = _AccountingCache(cache, self._usage) if hasattr(self, "_usage") else cache
         try:
             yield
         finally:
@@ -387,6 +388,37 @@ class Distiller:
         if self._own_judge and self._judge is not None:
             self._judge.close()
             self._judge = None
+
+
+class _AccountingCache:
+    """A backend's request cache that logs the usage (the paid call) before each answer is
+    stored: an answer in the cache is never missing from ``state/usage.jsonl``, so a rerun
+    after SIGKILL (which takes that answer from the cache, unpaid) still counts the call
+    (SECURITY-REVIEW L8). Everything else goes to the wrapped cache."""
+
+    def __init__(self, cache: Any, usage: UsageTracker) -> None:
+        self._cache, self._usage = cache, usage
+
+    def put(self, key: str, completion: Any) -> None:
+        self._usage.flush()
+        self._cache.put(key, completion)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cache, name)
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._cache
+
+
+def _account_before_caching(backend: Any, usage: UsageTracker) -> None:
+    cache = getattr(backend, "cache", None)
+    if cache is not None and not isinstance(cache, _AccountingCache):
+        backend.cache = _AccountingCache(cache, usage)
+    elif isinstance(cache, _AccountingCache):
+        cache._usage = usage
 
 
 def run_distill(

@@ -11,7 +11,13 @@ Layout of ``DIR``::
                         of ``sampling.attempts`` > 1 in cache/attempt-k/)
     state/run.json      the settings fingerprint of the run in this folder
     state/done.jsonl    one line per finished record, written *last*
-    state/usage.jsonl   backend usage (calls, tokens) per generate call
+    state/usage.jsonl   backend usage (calls, tokens): for an API teacher a line per answered
+                        request, written before its answer enters the cache, so the counts stay
+                        exact across SIGKILL (an answer in the cache is always counted)
+
+Only one process opens the folder at a time: :class:`RunState` holds the lock of
+:mod:`rmkit.utils.lock` (``DIR/.rmkit.lock``) while it is open, so a second run on the same
+folder stops at once naming the owner's pid (SECURITY-REVIEW M6).
 
 Crash consistency. One process appends; for each finished record it writes the record's lines
 to the output files, flushes them, and only then appends the record's done line, which holds
@@ -28,6 +34,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import IO, Any
@@ -35,6 +42,7 @@ from typing import IO, Any
 import orjson
 
 from rmkit.errors import RmkitError
+from rmkit.utils import lock
 from rmkit.utils.io import clean_stale_tmp, dumps_line, read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -114,18 +122,26 @@ class RunState:
         self.folder = Path(folder)
         self.outputs = outputs
         self.state_dir = self.folder / STATE_DIR
-        if restart:
-            self._clear()
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        clean_stale_tmp(self.folder)
-        self._check_fingerprint(fingerprint)
         self.done: dict[str, dict[str, Any]] = {}
         self.counts = {"kept": 0, "rejected": 0}  # running totals over the done-log
         self.tokens: dict[str, int] = {}  # running totals of the done lines' token usage
         self._usage: dict[str, dict[str, Any]] = {}  # running usage totals per "who"
+        self._usage_lock = threading.Lock()
         self.repaired_bytes = 0
         self._files: dict[str, IO[bytes]] = {}
-        self._recover()
+        # One process appends (see the module docstring): enforced by a lock on the folder,
+        # taken before anything in it is read, repaired or cleared.
+        self._lock = lock.acquire(self.folder, what="distill output")
+        try:
+            if restart:
+                self._clear()
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            clean_stale_tmp(self.folder)
+            self._check_fingerprint(fingerprint)
+            self._recover()
+        except BaseException:
+            self.close()
+            raise
 
     # ----------------------------------------------------------------- opening
 
@@ -219,11 +235,13 @@ class RunState:
             self.tokens[key] = self.tokens.get(key, 0) + int(value)
 
     def add_usage(self, delta: dict[str, Any]) -> None:
-        """Append one generate call's usage (calls, tokens) to the usage log."""
-        fh = self._files["_usage"]
-        fh.write(dumps_line(delta))
-        fh.flush()
-        self._add(delta)
+        """Append a usage delta (calls, tokens) to the usage log (thread-safe: API backends
+        log each answered request from their own thread, before its answer is cached)."""
+        with self._usage_lock:
+            fh = self._files["_usage"]
+            fh.write(dumps_line(delta))
+            fh.flush()
+            self._add(delta)
 
     def _add(self, row: dict[str, Any]) -> None:
         """Add one usage row to the running totals of its ``who`` (numbers summed, ``failures``
@@ -246,6 +264,8 @@ class RunState:
         for fh in self._files.values():
             fh.close()
         self._files = {}
+        lock.release(self._lock)
+        self._lock = None
 
     def __enter__(self) -> RunState:
         return self
@@ -257,8 +277,9 @@ class RunState:
 
     def usage_total(self, who: str = "teacher") -> dict[str, Any]:
         """Usage summed over every row of ``who`` in the usage log (a copy)."""
-        total = self._usage.get(who, {})
-        return {k: dict(v) if isinstance(v, dict) else v for k, v in total.items()}
+        with self._usage_lock:
+            total = self._usage.get(who, {})
+            return {k: dict(v) if isinstance(v, dict) else v for k, v in total.items()}
 
     def path(self, name: str) -> Path:
         return self.folder / OUTPUT_FILES[name]

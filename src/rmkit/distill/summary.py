@@ -95,8 +95,12 @@ class UsageTracker:
     """Logs a backend's usage to the run state as deltas of its counters (:meth:`flush`)."""
 
     def __init__(self, state: Any, who: str, backend: Any):
+        import threading
+
         self.state, self.who, self.backend = state, who, backend
         self.last = usage_snapshot(backend.stats)
+        # flush runs on the main thread and, per answered request, on the backend's thread
+        self._lock = threading.Lock()
 
     def pending(self) -> dict[str, Any]:
         """Usage since the last flush (not yet in the usage log)."""
@@ -104,11 +108,12 @@ class UsageTracker:
 
     def flush(self) -> None:
         """Append the usage since the last flush to the usage log (nothing when there is none)."""
-        now = usage_snapshot(self.backend.stats)
-        delta = usage_delta(self.last, now)
-        if delta["failures"] or any(delta[k] for k in USAGE_KEYS):
-            self.state.add_usage({"who": self.who, **delta})
-        self.last = now
+        with self._lock:
+            now = usage_snapshot(self.backend.stats)
+            delta = usage_delta(self.last, now)
+            if delta["failures"] or any(delta[k] for k in USAGE_KEYS):
+                self.state.add_usage({"who": self.who, **delta})
+            self.last = now
 
 
 def estimate_cost(

@@ -26,7 +26,9 @@ from rmkit.eval.outputs import CONFIG_FILE, DATASET_FILE, check_resumable, final
 from rmkit.eval.position import Pick, plan_order, split_sample
 from rmkit.eval.predictions import PREDICTIONS, PredictionWriter, done_keys, read_predictions
 from rmkit.eval.tables import LoadContext
+from rmkit.generation.config import redact_secrets
 from rmkit.utils.io import clean_stale_tmp, write_json_atomic
+from rmkit.utils.lock import lock_output
 
 log = logging.getLogger(__name__)
 
@@ -250,9 +252,14 @@ def run_eval(cfg: EvalConfig, backend: Any = None) -> dict[str, Any]:
     ``cfg.judge`` when None (and closed at the end).
     """
     out = Path(cfg.output).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
+    # one run writes a folder at a time (SECURITY-REVIEW M6): a second one stops here
+    with lock_output(out, what="eval output"):
+        return _run_eval(cfg, out, backend)
+
+
+def _run_eval(cfg: EvalConfig, out: Path, backend: Any) -> dict[str, Any]:
     clean_stale_tmp(out)
-    config = cfg.model_dump(mode="json")
+    config = redact_secrets(cfg.model_dump(mode="json"))  # no URL credentials saved
     check_resumable(out, config)
     items, summary = load_items(cfg, out)
     tpl = _check_template(cfg, items)

@@ -51,6 +51,7 @@ from typing import Any
 
 from rmkit.errors import RmkitError
 from rmkit.generation.base import Completion, CompletionCache, SamplingParams
+from rmkit.generation.config import redact_url
 from rmkit.generation.openai_request import OpenAIRequests
 from rmkit.generation.openai_stream import StreamCall, stream_results
 
@@ -253,7 +254,8 @@ class OpenAIBackend(OpenAIRequests):
         if errors and self.on_error == "raise":
             first = errors[0]
             raise RmkitError(
-                f"{len(errors)} of {call.n_jobs} request(s) to {self.base_url} failed; first: "
+                f"{len(errors)} of {call.n_jobs} request(s) to {redact_url(self.base_url)} failed; "
+                f"first: "
                 f"{first.message}",
                 hint=first.hint
                 or "successful answers are cached; rerun to retry only the failed ones",

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from rmkit.errors import RmkitError
 from rmkit.generation import retry as rp
 from rmkit.generation.base import Completion, CompletionCache, SamplingParams
+from rmkit.generation.config import redact_url
 from rmkit.generation.openai_wire import Retryable, decode_answer, request_bytes, server_message
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -195,10 +196,9 @@ class OpenAIRequests:
             return Retryable(
                 kind, f"HTTP {status}: {message}", rp.parse_retry_after(dict(e.response.headers))
             )
-        hint = rp.client_error_hint(status, self.api_key_env, self.base_url, self.model)
-        err = RmkitError(
-            f"{self.base_url} answered HTTP {status} for model {self.model!r}: {message}", hint
-        )
+        url = redact_url(self.base_url)  # never print credentials embedded in the URL
+        hint = rp.client_error_hint(status, self.api_key_env, url, self.model)
+        err = RmkitError(f"{url} answered HTTP {status} for model {self.model!r}: {message}", hint)
         err.status = status  # type: ignore[attr-defined]
         return err
 

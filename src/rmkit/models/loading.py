@@ -80,6 +80,44 @@ def parse_dtype(dtype: Any):
     return getattr(torch, key)
 
 
+THREADS_ENV = "RMKIT_THREADS"
+
+
+def configure_threads() -> int:
+    """Apply the CPU threading settings for local model work; return torch's thread count.
+
+    Decided here, where a model is loaded, not at the command entry (commands that load no
+    model touch nothing). ``RMKIT_THREADS=N`` sets torch's intra-op threads to N; unset (or
+    ``auto``) keeps torch's default, which follows ``OMP_NUM_THREADS`` when it is exported and
+    the number of physical cores otherwise. rmkit never sets ``OMP_WAIT_POLICY``: OpenMP reads
+    it from the environment when torch is imported, so export it before starting rmkit
+    (``PASSIVE`` on a CPU shared with other busy processes; docs/training.md has measurements).
+    """
+    import torch
+
+    value = os.environ.get(THREADS_ENV, "").strip().lower()
+    if value not in ("", "auto"):
+        try:
+            threads = int(value)
+        except ValueError:
+            threads = 0
+        if threads < 1:
+            raise RmkitError(
+                f"{THREADS_ENV}={os.environ[THREADS_ENV]!r}: not a positive number of threads",
+                hint=f"unset {THREADS_ENV} (torch's default) or give e.g. {THREADS_ENV}=4",
+            )
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+    n = torch.get_num_threads()
+    log.debug(
+        "CPU threads: %d (%s), OMP_WAIT_POLICY=%s",
+        n,
+        f"{THREADS_ENV}={value}" if value not in ("", "auto") else "torch default",
+        os.environ.get("OMP_WAIT_POLICY", "OpenMP default"),
+    )
+    return n
+
+
 def load_model(
     spec: str | os.PathLike,
     *,
@@ -98,6 +136,7 @@ def load_model(
     itself an adapter folder loads its ``base_model_name_or_path`` with the adapter on top.
     ``min_pixels``/``max_pixels``: image size bounds for Qwen-VL-family processors.
     """
+    configure_threads()
     torch_dtype = parse_dtype(dtype)
     if quantization is not None and quantization not in QUANTIZATIONS:
         raise RmkitError(

@@ -33,6 +33,7 @@ from typing import Any
 from rmkit.errors import ConfigError, RmkitError
 from rmkit.pipeline.config import PipelineConfig, Stage
 from rmkit.pipeline.stages import KEEP, RUNNERS
+from rmkit.utils import lock
 from rmkit.utils.io import read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 DONE_FILE = ".rmkit-done.json"
 STARTED_FILE = ".rmkit-stage.json"
 RUN_FILE = ".rmkit-pipeline.json"
-LOCK_FILE = ".rmkit-run.lock"
+LOCK_FILE = lock.LOCK_NAME
 SUMMARY_FILE = "summary.json"
 FRESH = ("run", "rerun")
 
@@ -167,21 +168,11 @@ def claim_run_dir(run_dir: Path, recipe: str | None) -> None:
 
 @contextlib.contextmanager
 def run_lock(run_dir: Path):
-    """Hold an exclusive lock on ``run_dir`` (released when the process ends, even by SIGKILL)."""
-    import fcntl
-
-    with open(run_dir / LOCK_FILE, "a") as fh:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise RmkitError(
-                f"another `rmkit run` is using {run_dir}",
-                hint="wait for it to finish, or choose another --output folder",
-            ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    """Hold the exclusive lock of :mod:`rmkit.utils.lock` on ``run_dir`` (released when the
+    process ends, even by SIGKILL; a stale one is taken over). Stages lock their own folders;
+    a stage run in this process re-enters no lock, so nothing deadlocks."""
+    with lock.lock_output(run_dir, what="run folder"):
+        yield
 
 
 def clear_stage_dir(folder: Path, keep: tuple[str, ...]) -> None:
@@ -189,7 +180,7 @@ def clear_stage_dir(folder: Path, keep: tuple[str, ...]) -> None:
     if not folder.is_dir():
         return
     for entry in folder.iterdir():
-        if entry.name in keep:
+        if entry.name in keep or entry.name == lock.LOCK_NAME:  # a held lock stays in place
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)

@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import random
 import re
 import shutil
@@ -70,12 +71,21 @@ def latest_checkpoint(output: Path) -> Path | None:
 
 
 def rng_state() -> dict[str, Any]:
+    """Every RNG state as plain data (ints, lists, tensors): loadable with ``weights_only``."""
     import numpy as np
     import torch
 
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": [version, list(internal), gauss],
+        "numpy": [
+            kind,
+            torch.from_numpy(keys.astype(np.int64)),
+            int(pos),
+            int(has_gauss),
+            float(cached),
+        ],
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -87,11 +97,51 @@ def set_rng_state(state: dict[str, Any]) -> None:
     import numpy as np
     import torch
 
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    if isinstance(keys, torch.Tensor):
+        keys = keys.numpy()
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def safe_load(path: Path, *, legacy_numpy: bool = False) -> Any:
+    """``torch.load(weights_only=True)``: tensors and plain containers only, never code.
+
+    ``legacy_numpy`` also allows numpy arrays and dtypes (RNG files written before the RNG
+    state was stored as plain data); no callable beyond numpy's array reconstruction is
+    allowed. A file that needs anything else is refused with an error naming it.
+    """
+    import torch
+
+    try:
+        if not legacy_numpy:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_numpy_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, ValueError) as exc:
+        raise RmkitError(
+            f"refusing to load {path}: it is not a plain-data checkpoint file "
+            f"({str(exc).splitlines()[0][:200]})",
+            hint="checkpoints are loaded with torch.load(weights_only=True); only resume "
+            "checkpoints written by rmkit that you trust",
+        ) from exc
+
+
+def _numpy_globals() -> list[Any]:
+    import numpy as np
+
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
+    allowed: list[Any] = [_reconstruct, np.ndarray, np.dtype]
+    if hasattr(np, "dtypes"):
+        allowed.append(np.dtypes.UInt32DType)
+    return allowed
 
 
 def trainable_state(model) -> dict[str, Any]:
@@ -211,13 +261,11 @@ def check_compatible(accel, folder: Path, state: dict) -> None:
 
 def load_checkpoint(accel, model, optimizer, scheduler, folder: Path) -> dict:
     """Restore weights, optimizer, scheduler and this process's RNG; return ``state.json``."""
-    import torch
-
     state = read_json(folder / "state.json")
     check_compatible(accel, folder, state)
     _load_model_optimizer(accel, model, optimizer, folder, state.get("sharding", "none"))
-    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=False))
-    set_rng_state(torch.load(folder / f"rng-rank{accel.process_index}.pt", weights_only=False))
+    scheduler.load_state_dict(safe_load(folder / "scheduler.pt"))
+    set_rng_state(safe_load(folder / f"rng-rank{accel.process_index}.pt", legacy_numpy=True))
     log.info(
         "resumed from %s (step %d, sharding %s)",
         folder,
@@ -255,7 +303,7 @@ def _load_model_optimizer(accel, model, optimizer, folder: Path, sharding: str) 
         with torch.no_grad():
             for name, value in weights.items():
                 params[name].copy_(value.to(params[name].device, params[name].dtype))
-        optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=False))
+        optimizer.load_state_dict(safe_load(folder / "optimizer.pt"))
     elif sharding == FSDP2:
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict

@@ -10,6 +10,7 @@ Periodic checkpoints (:mod:`rmkit.training.checkpoint`) cover every sharding mod
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import shutil
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from rmkit.errors import RmkitError
+from rmkit.utils import lock
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +188,7 @@ def setup_run(cfg, resume: bool, select=None) -> Run:
     import torch
     from accelerate.utils import set_seed
 
+    from rmkit.generation.config import redact_secrets
     from rmkit.training.checkpoint import latest_checkpoint, load_checkpoint
     from rmkit.training.data import DataOrder, load_training_records, total_steps
     from rmkit.training.metrics import MetricsLogger
@@ -196,7 +199,13 @@ def setup_run(cfg, resume: bool, select=None) -> Run:
 
     out = Path(cfg.output)
     accel = make_accelerator(cfg)
+    output_lock = None
     if accel.is_main_process:
+        # one run writes a folder at a time (SECURITY-REVIEW M6); only the main process of a
+        # multi-process launch locks (its N processes share the output). Released by finish(),
+        # at exit, or by the kernel when the process dies.
+        output_lock = lock.acquire(out, what="train output")
+        atexit.register(lock.release, output_lock)
         _check_output(out, resume)
         out.mkdir(parents=True, exist_ok=True)
         for tmp in (out / "checkpoints").glob(".tmp-step-*"):
@@ -239,16 +248,19 @@ def setup_run(cfg, resume: bool, select=None) -> Run:
         import yaml
 
         write_text_atomic(
-            out / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+            out / "config.yaml",
+            yaml.safe_dump(redact_secrets(cfg.model_dump(mode="json")), sort_keys=False),
         )
     if accel.is_main_process:
         log_sampling(cfg, loaded.model)
     logger = MetricsLogger(out, accel.is_main_process, cfg.logging.tensorboard, resume_at)
-    return Run(
+    run = Run(
         cfg, accel, loaded, model, optimizer, scheduler, order, records,
         image_root, out, steps, logger, step, reference,
         fsdp=fsdp, resumed_from=ckpt, resume_state=state,
     )  # fmt: skip
+    run.extras["output_lock"] = output_lock
+    return run
 
 
 def log_sampling(cfg, model) -> None:
@@ -346,6 +358,7 @@ def finish(run: Run) -> dict[str, Any]:
             summary["curves"] = str(png) if png else None
     run.accel.wait_for_everyone()
     run.accel.end_training()
+    lock.release(run.extras.pop("output_lock", None))
     return summary
 
 

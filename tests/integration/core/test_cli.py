@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from rmkit import __version__
 from rmkit.cli.main import main
@@ -91,25 +92,47 @@ def test_recipes_validate_reports_each_file(tmp_path, capsys):
     assert f"FAIL  {bad}" in captured.out and "did you mean 'seed'" in captured.out
 
 
-def test_omp_wait_policy_follows_the_cores_in_use_at_start():
-    from rmkit.cli.main import busy_cores, omp_wait_policy
+def test_help_and_recipes_validate_sample_nothing_and_log_nothing(monkeypatch, tmp_path):
+    """Issue 17 item 9: no per-command CPU sampling, no log line on commands without a model."""
+    import builtins
 
-    assert omp_wait_policy(0.0) is None and omp_wait_policy(0.4) is None  # OpenMP's default
-    assert omp_wait_policy(0.5) == "PASSIVE" and omp_wait_policy(1.7) == "PASSIVE"
-    busy = busy_cores(0.05)
-    assert busy is None or 0.0 <= busy <= (os.cpu_count() or 1) + 1e-9
+    opened: list[str] = []
+    real_open = builtins.open
+
+    def spy(file, *args, **kwargs):
+        opened.append(str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", spy)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert main(["--help"]) == 0
+    recipes = Path(__file__).resolve().parents[3] / "recipes"
+    assert main(["recipes", "validate", str(recipes)]) == 0
+    assert "/proc/stat" not in opened
+    assert "OMP_WAIT_POLICY" not in os.environ
+
+    env = {"RMKIT_NO_PROGRESS": "1"}
+    for args in (["--help"], ["recipes", "validate", recipes]):
+        proc = rmkit(*args, env=env)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stderr == "", proc.stderr  # no INFO (or any) log line
 
 
-def test_commands_set_the_policy_unless_the_user_did(monkeypatch, capsys):
-    import rmkit.cli.main as cli
+def test_rmkit_threads_sets_torch_threads_where_a_model_is_loaded(monkeypatch):
+    import pytest
+    import torch
 
-    monkeypatch.setattr(cli, "_openmp_loaded", lambda: False)  # as in a fresh `rmkit` process
-    for busy, want in ((1.2, "PASSIVE"), (0.1, None)):
-        monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-        monkeypatch.setattr(cli, "busy_cores", lambda interval=0.1, b=busy: b)
-        assert main(["recipes", "--help"]) == 0
-        assert os.environ.get("OMP_WAIT_POLICY") == want
-    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    monkeypatch.setattr(cli, "busy_cores", lambda interval=0.1: 2.0)
-    assert main(["recipes", "--help"]) == 0
-    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"  # a value the user set is kept
+    from rmkit.errors import RmkitError
+    from rmkit.models.loading import configure_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("RMKIT_THREADS", "1")
+        assert configure_threads() == 1 == torch.get_num_threads()
+        monkeypatch.setenv("RMKIT_THREADS", "auto")
+        assert configure_threads() == torch.get_num_threads()
+        monkeypatch.setenv("RMKIT_THREADS", "zero")
+        with pytest.raises(RmkitError, match="RMKIT_THREADS"):
+            configure_threads()
+    finally:
+        torch.set_num_threads(before)

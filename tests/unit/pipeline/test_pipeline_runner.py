@@ -180,8 +180,8 @@ def test_two_runs_cannot_share_a_folder(recipe, tmp_path):
 
     run = tmp_path / "run"
     run_pipeline(load(recipe), run, stop="first")
-    with open(run / ".rmkit-run.lock", "a") as fh:
+    with open(run / ".rmkit.lock", "a") as fh:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # as another process would
-        with pytest.raises(RmkitError, match="another `rmkit run` is using"):
+        with pytest.raises(RmkitError, match="run folder .* is in use by another rmkit run"):
             run_pipeline(load(recipe), run)
     assert run_pipeline(load(recipe), run)["complete"] is True
