@@ -31,10 +31,55 @@ def serve_cmd(
     weights_root: str = Opt(None, help="Weights may only be reloaded from inside this folder."),
     merge_lora: bool = Opt(False, "--merge-lora", help="Fold runtime adapters in to generate."),
     logprobs_mode: str = Opt("raw_logprobs", help="raw_logprobs or processed_logprobs (vLLM's)."),
+    # per-request limits (docs/serving.md, "Limits"): over one -> HTTP 400 naming it; the
+    # defaults are rmkit.serve.protocol.Limits()'s (literals here: no import at CLI start)
+    max_tokens_limit: int = Opt(4096, help="Largest max_tokens a request may ask for."),
+    max_n: int = Opt(64, help="Largest n (choices) per chat request."),
+    max_top_logprobs: int = Opt(20, help="Largest top_logprobs."),
+    max_logprob_entries: int = Opt(
+        262_144, help="Most n x max_tokens x (1 + top_logprobs) per request."
+    ),
+    max_images: int = Opt(8, help="Most images per request."),
+    max_image_pixels: int = Opt(
+        4096 * 4096, help="Most pixels per image (from its header, before decoding)."
+    ),
+    max_request_pixels: int = Opt(2 * 4096 * 4096, help="Most pixels of all images."),
+    max_candidates: int = Opt(16, help="Most candidates per /v1/score (<= 26)."),
+    max_prompt_tokens: int = Opt(
+        None, help="Most prompt tokens per request (default and upper bound: model context)."
+    ),
+    max_queue: int = Opt(256, help="Requests waiting for the model before HTTP 503."),
+    max_connections: int = Opt(1024, help="Open connections before HTTP 503."),
+    header_timeout: float = Opt(30.0, help="Seconds a connection has to send a request head."),
+    body_timeout: float = Opt(60.0, help="Seconds a request has to send its body."),
+    keep_alive: int = Opt(10, help="Seconds an idle keep-alive connection stays open."),
 ) -> None:
     """Serve MODEL over HTTP: /v1/models, /v1/chat/completions, /v1/score. Ctrl-C stops it."""
+    from rmkit.errors import RmkitError
     from rmkit.serve import build_app
+    from rmkit.serve import protocol as P
     from rmkit.serve.server import ModelServer, serve_forever
+
+    limits = P.Limits(
+        max_tokens=max_tokens_limit,
+        max_n=max_n,
+        max_top_logprobs=max_top_logprobs,
+        max_logprob_entries=max_logprob_entries,
+        max_images=max_images,
+        max_image_pixels=max_image_pixels,
+        max_request_pixels=max_request_pixels,
+        max_candidates=max_candidates,
+        max_prompt_tokens=max_prompt_tokens,
+    )
+    for flag, value in (
+        ("--max-queue", max_queue),
+        ("--max-connections", max_connections),
+        ("--header-timeout", header_timeout),
+        ("--body-timeout", body_timeout),
+        ("--keep-alive", keep_alive),
+    ):
+        if value <= 0:
+            raise RmkitError(f"{flag} must be positive (got {value})")
 
     app = build_app(
         model,
@@ -52,5 +97,16 @@ def serve_cmd(
         weights_root=weights_root,
         merge_lora=merge_lora,
         logprobs_mode=logprobs_mode,
+        max_queue=max_queue,
+        limits=limits,
     )
-    serve_forever(ModelServer(app, host, port))
+    server = ModelServer(
+        app,
+        host,
+        port,
+        header_timeout_s=header_timeout,
+        body_timeout_s=body_timeout,
+        keep_alive_s=keep_alive,
+        max_connections=max_connections,
+    )
+    serve_forever(server)

@@ -35,6 +35,7 @@ def build_app(
     weights_root: str | None = None,
     merge_lora: bool = False,
     logprobs_mode: str = "raw_logprobs",
+    limits: Any = None,
 ):
     """Load ``model`` (unless ``loaded`` is given) and return the FastAPI app serving it.
 
@@ -50,7 +51,8 @@ def build_app(
     ``merge_lora``: generate through a runtime adapter with it folded into the weights.
     ``logprobs_mode``: ``raw_logprobs`` (the model's distribution, temperature 1) or
     ``processed_logprobs`` (after the repetition penalty, temperature, top-k and top-p: what
-    was sampled from), as vLLM's.
+    was sampled from), as vLLM's. ``limits``: the per-request
+    :class:`~rmkit.serve.protocol.Limits` (default: ``Limits()``, see docs/serving.md).
     """
     from rmkit.serve.app import create_app
     from rmkit.serve.engine import ServeEngine
@@ -91,6 +93,7 @@ def build_app(
         weights_root=weights_root,
         merge_lora=merge_lora,
         logprobs_mode=logprobs_mode,
+        limits=limits,
     )
     app = create_app(engine, api_key=api_key, max_request_bytes=max_request_bytes)
     app.state.auth = api_key is not None

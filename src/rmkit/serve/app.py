@@ -70,7 +70,10 @@ def create_app(
     )
     app.state.engine = engine
     app.add_middleware(
-        Guard, api_key=api_key, max_request_bytes=max_request_bytes or DEFAULT_MAX_REQUEST_BYTES
+        Guard,
+        api_key=api_key,
+        max_request_bytes=max_request_bytes or DEFAULT_MAX_REQUEST_BYTES,
+        limits=engine.limits,
     )
     _add_error_handlers(app)
     _add_routes(app, engine)
@@ -107,6 +110,17 @@ def _add_error_handlers(app: FastAPI) -> None:
         return error_response(P.ApiError(e.status_code, message, code=code, headers=e.headers))
 
 
+def _text_chars(messages: list[P.ChatMessage]) -> int:
+    """Characters of text in chat messages (for the length pre-check)."""
+    total = 0
+    for m in messages:
+        if isinstance(m.content, str):
+            total += len(m.content)
+        else:
+            total += sum(len(p.text or "") for p in m.content if p.type == "text")
+    return total
+
+
 def _timing(job: Job) -> dict[str, str]:
     return {"Server-Timing": f"gen;dur={job.gen_ms:.1f}, queue;dur={job.queue_ms:.1f}"}
 
@@ -139,6 +153,7 @@ def _add_routes(app: FastAPI, engine: ServeEngine) -> None:
     async def chat_completions(req: P.ChatCompletionRequest) -> Response:
         adapter = engine.resolve_model(req.model)
         params, top, explicit = P.sampling_params(req)
+        engine.check_text_length(_text_chars(req.messages), "messages")
         images = TempImages()
         try:
             conv = P.convert_messages(req.messages, images, engine.is_vision)
@@ -162,6 +177,11 @@ def _add_routes(app: FastAPI, engine: ServeEngine) -> None:
     @app.post("/v1/score")
     async def score(req: P.ScoreRequest) -> JSON:
         adapter = engine.resolve_model(req.model)
+        prompt = req.prompt if isinstance(req.prompt, str) else ""
+        chars = len(prompt) + _text_chars(req.prompt if isinstance(req.prompt, list) else [])
+        if req.task not in ("image_generation", "video_generation"):
+            chars += sum(len(c) for c in req.candidates)
+        engine.check_text_length(chars, "prompt")
         images = TempImages()
         try:
             inputs = P.score_inputs(req, images, engine.is_vision)
@@ -302,8 +322,9 @@ class _ClientGone(Exception):
 class Guard:
     """Checks every request before routing (see the module docstring); plain ASGI."""
 
-    def __init__(self, app: Any, *, api_key: str | None, max_request_bytes: int):
+    def __init__(self, app: Any, *, api_key: str | None, max_request_bytes: int, limits: P.Limits):
         self.app, self.api_key, self.max_request_bytes = app, api_key, max_request_bytes
+        self.limits = limits
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -320,7 +341,8 @@ class Guard:
         try:
             self._check(scope)
             body = await self._read_body(scope, receive)
-            await self.app(scope, _replay(body, receive), send_tracked)
+            with P.using_limits(self.limits):  # what the request models check against
+                await self.app(scope, _replay(body, receive), send_tracked)
         except P.ApiError as e:
             if not state["started"]:
                 await _send_json(send_tracked, e.status, e.body(), e.headers)

@@ -15,7 +15,9 @@ seeded request through the server equals local generation (RL rollouts rely on t
 Before generating, each request's prompt is tokenised on its own (``prompt_token_ids``: the ids
 the model sees, no padding) and checked against the model's context: a prompt plus
 ``max_tokens`` beyond it is a 400 ``context_length_exceeded`` (without ``max_tokens`` the
-default shrinks to fit, as in vLLM).
+default shrinks to fit, as in vLLM), and so is a prompt over ``--max-prompt-tokens``. A prompt
+whose text is too long to fit even at the longest token of the vocabulary is refused by the
+request handler before it is tokenised (:meth:`ServeEngine.check_text_length`).
 """
 
 from __future__ import annotations
@@ -31,12 +33,12 @@ from typing import Any
 from rmkit.errors import RmkitError
 from rmkit.generation.base import SamplingParams
 from rmkit.serve.lora import AdapterManager
-from rmkit.serve.protocol import ApiError
+from rmkit.serve.protocol import ApiError, Limits
 from rmkit.serve.worker import Job, ModelWorker
 
 log = logging.getLogger(__name__)
 
-SCORE_TOKEN_BUDGET = 32_768  # candidates x (judge prompt + reasoning) tokens per /v1/score call
+FALLBACK_CONTEXT = 32_768  # prompt-token limit when neither the config nor the tokenizer says
 
 
 @dataclass
@@ -80,6 +82,7 @@ class ServeEngine:
         weights_root: str | None = None,
         merge_lora: bool = False,
         logprobs_mode: str = "raw_logprobs",
+        limits: Limits | None = None,
     ):
         from pathlib import Path
 
@@ -95,6 +98,10 @@ class ServeEngine:
         self.tokenizer = copy.deepcopy(loaded.tokenizer)
         self.end_ids = {*self.backend.stop_ids, self.backend.pad_id}
         self.context = context_length(loaded)
+        self.limits = limits or Limits()
+        caps = [c for c in (self.limits.max_prompt_tokens, self.context) if c is not None]
+        self.prompt_limit = min(caps) if caps else FALLBACK_CONTEXT
+        self.max_token_chars = max_token_chars(self.tokenizer)
         self.created = int(time.time())
         self.lora_enabled = enable_lora
         self.lora = AdapterManager(
@@ -179,6 +186,26 @@ class ServeEngine:
         for group in groups.values():
             self._generate(group)
 
+    def check_text_length(self, chars: int, param: str) -> None:
+        """400 when ``chars`` characters of request text cannot fit the prompt limit even if
+        every token were the vocabulary's longest (checked before anything is tokenised)."""
+        if chars > self.prompt_limit * self.max_token_chars:
+            raise self._too_long(
+                f"the request holds {chars:,} characters of text: more than "
+                f"{self.prompt_limit:,} tokens of at most {self.max_token_chars} characters",
+                param,
+            )
+
+    def _too_long(self, what: str, param: str) -> ApiError:
+        if self.limits.max_prompt_tokens is not None and (
+            self.context is None or self.limits.max_prompt_tokens < self.context
+        ):
+            message = self.limits.over("max_prompt_tokens", what)
+        else:
+            ctx = self.context or FALLBACK_CONTEXT
+            message = f"{what}; this model's maximum context length is {ctx:,} tokens"
+        return ApiError(400, message, param, code="context_length_exceeded")
+
     def prompt_ids(self, conv: list[dict]) -> list[int]:
         from rmkit.models.chat import prepare_inputs
 
@@ -186,6 +213,8 @@ class ServeEngine:
 
     def _fit_context(self, work: ChatWork) -> SamplingParams:
         ctx, n_prompt, want = self.context, len(work.prompt_ids or []), work.params.max_new_tokens
+        if n_prompt > self.prompt_limit:
+            raise self._too_long(f"the messages are {n_prompt:,} prompt tokens", "messages")
         if ctx is None or n_prompt + want <= ctx:
             return work.params
         if work.explicit_max or n_prompt >= ctx:
@@ -246,6 +275,8 @@ class ServeEngine:
         messages = render_judge_messages(inputs["record"], inputs["order"], template)
         n_prompt = len(prepare_inputs(self.loaded, [messages])["input_ids"][0])
         extra = inputs["max_reasoning_tokens"] if inputs["reasoning"] else 0
+        if n_prompt > self.prompt_limit:
+            raise self._too_long(f"the judge prompt is {n_prompt:,} tokens", "prompt")
         if self.context is not None and n_prompt + extra + 16 > self.context:
             raise ApiError(
                 400,
@@ -254,29 +285,41 @@ class ServeEngine:
                 "prompt",
                 code="context_length_exceeded",
             )
-        k = len(inputs["order"])
-        if k * (n_prompt + extra) > SCORE_TOKEN_BUDGET:
-            raise ApiError(
-                400,
-                f"{k} candidates x {n_prompt + extra} judge-prompt tokens is over this server's "
-                f"budget of {SCORE_TOKEN_BUDGET:,} tokens per score request; send fewer or "
-                "shorter candidates",
-                "candidates",
-            )
         with self.lora.active(adapter):
             return score_record(self.loaded, self.backend, **inputs)
 
 
+_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+
+
 def context_length(loaded: Any) -> int | None:
-    """The model's context in tokens (``max_position_embeddings``), or None when unknown."""
+    """The model's context in tokens, or None when unknown: the config's
+    ``max_position_embeddings`` (or ``n_positions``, ...; the text config's for a
+    vision-language model), else the tokenizer's ``model_max_length`` when it is a real value
+    (transformers sets a huge placeholder when the tokenizer does not know)."""
     from rmkit.generation.prefix_decode import causal_lm
 
     config = getattr(causal_lm(loaded.model), "config", None)
-    for c in (config, getattr(config, "text_config", None)):
-        value = getattr(c, "max_position_embeddings", None) if c is not None else None
-        if isinstance(value, int) and value > 0:
-            return value
+    for c in (getattr(config, "text_config", None), config):
+        for key in _CONTEXT_KEYS:
+            value = getattr(c, key, None) if c is not None else None
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+    value = getattr(loaded.tokenizer, "model_max_length", None)
+    if isinstance(value, int) and 0 < value < 10**8:
+        return value
     return None
+
+
+def max_token_chars(tokenizer: Any) -> int:
+    """An upper bound of the characters of text one token covers: the longest vocabulary entry
+    (byte-level and SentencePiece entries are at least as long as the text they stand for)."""
+    try:
+        vocab = tokenizer.get_vocab()
+        longest = max((len(t) for t in vocab), default=0)
+    except Exception:  # noqa: BLE001 - an unusual tokenizer: no pre-check
+        return 10**9
+    return max(longest, 1)
 
 
 def _log_unexpected(e: Exception) -> None:

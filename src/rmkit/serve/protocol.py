@@ -11,28 +11,34 @@ limits) raise :class:`ApiError` during conversion.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import dataclasses
 import io
 import re
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rmkit.errors import RmkitError
 from rmkit.generation.base import SamplingParams, parse_data_url
 from rmkit.generation.media import extension_for, sniff_mime
 
 DEFAULT_MAX_TOKENS = 256
+# Default per-request limits (each configurable: :class:`Limits`, the ``rmkit serve`` flags)
 MAX_TOKENS = 4096  # largest max_tokens a request may ask for
 MAX_N = 64
 MAX_TOP_LOGPROBS = 20
-MAX_STOP = 4
+MAX_STOP = 4  # fixed
 MAX_LOGPROB_ENTRIES = 262_144  # n * max_tokens * (1 + top_logprobs), when top_logprobs > 0
 MAX_IMAGES = 8  # per request
 MAX_IMAGE_PIXELS = 4096 * 4096  # per image, read from the header before decoding
 MAX_REQUEST_PIXELS = 2 * MAX_IMAGE_PIXELS
 MAX_CANDIDATES = 16
+CANDIDATES_CEILING = 26  # the judge templates label at most 26 positions (A..Z)
 TASKS = (
     "text",
     "image_understanding",
@@ -71,6 +77,93 @@ def error_body(
 
 def _bad(message: str, param: str | None = None, code: str | None = None) -> ApiError:
     return ApiError(400, message, param, code=code)
+
+
+# ---------------------------------------------------------------------------- limits
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """Per-request limits of ``rmkit serve``, all checked before any model work.
+
+    Each field has an ``rmkit serve`` flag of the same name (``max_tokens`` ->
+    ``--max-tokens-limit``, ``max_prompt_tokens`` -> ``--max-prompt-tokens``, ...; see
+    docs/serving.md, "Limits"). ``max_prompt_tokens`` None means the model's context; the
+    model's context always applies too (prompt plus ``max_tokens`` must fit it).
+    """
+
+    max_tokens: int = MAX_TOKENS
+    max_n: int = MAX_N
+    max_top_logprobs: int = MAX_TOP_LOGPROBS
+    max_logprob_entries: int = MAX_LOGPROB_ENTRIES
+    max_images: int = MAX_IMAGES
+    max_image_pixels: int = MAX_IMAGE_PIXELS
+    max_request_pixels: int = MAX_REQUEST_PIXELS
+    max_candidates: int = MAX_CANDIDATES
+    max_prompt_tokens: int | None = None
+
+    FLAGS = {
+        "max_tokens": "--max-tokens-limit",
+        "max_n": "--max-n",
+        "max_top_logprobs": "--max-top-logprobs",
+        "max_logprob_entries": "--max-logprob-entries",
+        "max_images": "--max-images",
+        "max_image_pixels": "--max-image-pixels",
+        "max_request_pixels": "--max-request-pixels",
+        "max_candidates": "--max-candidates",
+        "max_prompt_tokens": "--max-prompt-tokens",
+    }
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "max_prompt_tokens" and value is None:
+                continue
+            low = 0 if f.name == "max_top_logprobs" else 2 if f.name == "max_candidates" else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise RmkitError(f"{self.FLAGS[f.name]} must be an integer >= {low} (got {value})")
+        if self.max_candidates > CANDIDATES_CEILING:
+            raise RmkitError(
+                f"--max-candidates must be at most {CANDIDATES_CEILING} (the judge templates "
+                f"label positions A..Z; got {self.max_candidates})"
+            )
+
+    def flag(self, name: str) -> str:
+        return self.FLAGS[name]
+
+    def over(self, name: str, what: str) -> str:
+        """The message for a request over the limit ``name``: names the limit and its flag."""
+        return (
+            f"{what}; this server's limit is {name} = {getattr(self, name):,} "
+            f"(rmkit serve {self.FLAGS[name]})"
+        )
+
+
+_DEFAULT_LIMITS = Limits()
+_LIMITS: contextvars.ContextVar[Limits | None] = contextvars.ContextVar(
+    "rmkit_serve_limits", default=None
+)
+
+
+def current_limits() -> Limits:
+    """The limits of the request being handled (set by the app's guard; defaults otherwise)."""
+    return _LIMITS.get() or _DEFAULT_LIMITS
+
+
+@contextlib.contextmanager
+def using_limits(limits: Limits) -> Iterator[Limits]:
+    token = _LIMITS.set(limits)
+    try:
+        yield limits
+    finally:
+        _LIMITS.reset(token)
+
+
+def _at_most(name: str, value: int | None, field: str, unit: str = "") -> int | None:
+    limits = current_limits()
+    if value is not None and value > getattr(limits, name):
+        raise ValueError(limits.over(name, f"{field} {value:,}{unit} is over the limit"))
+    return value
 
 
 # ---------------------------------------------------------------------------- request models
@@ -136,24 +229,40 @@ class ChatCompletionRequest(_Strict):
 
     model: str | None = None
     messages: list[ChatMessage] = Field(min_length=1)
-    n: int = Field(1, ge=1, le=MAX_N)
+    n: int = Field(1, ge=1)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     # vLLM's sampling fields: top_k -1 or 0 = off; repetition_penalty 1 = off, in (0, 2] as in
     # vLLM. Unset means off - never the model's generation_config.json values.
     top_k: int | None = Field(None, ge=-1)
     repetition_penalty: float | None = Field(None, gt=0.0, le=2.0)
-    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
-    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
     stop: StopString | list[StopString] | None = Field(None, max_length=MAX_STOP)
     logprobs: bool | None = False
-    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    top_logprobs: int | None = Field(None, ge=0)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     # vLLM extensions
     return_token_ids: bool | None = False
     return_tokens_as_token_ids: bool | None = False
+
+    # the configurable limits (current_limits()): a 400 whose param names the field
+    @field_validator("n")
+    @classmethod
+    def _limit_n(cls, v: int) -> int:
+        return _at_most("max_n", v, "n")
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _limit_top(cls, v: int | None) -> int | None:
+        return _at_most("max_top_logprobs", v, "top_logprobs")
+
+    @field_validator("max_tokens", "max_completion_tokens")
+    @classmethod
+    def _limit_max_tokens(cls, v: int | None) -> int | None:
+        return _at_most("max_tokens", v, "max_tokens")
 
     @model_validator(mode="before")
     @classmethod
@@ -174,13 +283,30 @@ class ScoreRequest(_Strict):
 
     model: str | None = None
     prompt: str | list[ChatMessage]
-    candidates: list[str] = Field(min_length=2, max_length=MAX_CANDIDATES)
-    images: list[str] = Field(default_factory=list, max_length=MAX_IMAGES)
+    candidates: list[str] = Field(min_length=2)
+    images: list[str] = Field(default_factory=list)
     task: Literal[TASKS] | None = None  # type: ignore[valid-type]
     template: str = "default"
     order: list[int] | None = None
     reasoning: bool = False
-    max_reasoning_tokens: int = Field(256, ge=1, le=MAX_TOKENS)
+    max_reasoning_tokens: int = Field(256, ge=1)
+
+    @field_validator("candidates")
+    @classmethod
+    def _limit_candidates(cls, v: list[str]) -> list[str]:
+        _at_most("max_candidates", len(v), "a list of", " candidates")
+        return v
+
+    @field_validator("images")
+    @classmethod
+    def _limit_images(cls, v: list[str]) -> list[str]:
+        _at_most("max_images", len(v), "a list of", " images")
+        return v
+
+    @field_validator("max_reasoning_tokens")
+    @classmethod
+    def _limit_reasoning(cls, v: int) -> int:
+        return _at_most("max_tokens", v, "max_reasoning_tokens")
 
 
 class LoadLoraRequest(_Strict):
@@ -272,12 +398,18 @@ def sampling_params(req: ChatCompletionRequest) -> tuple[SamplingParams, int, bo
     if top and not logprobs:
         raise _bad("'top_logprobs' needs 'logprobs': true", "top_logprobs")
     explicit = req.max_completion_tokens or req.max_tokens
-    max_tokens = explicit or DEFAULT_MAX_TOKENS
-    if top and req.n * max_tokens * (1 + top) > MAX_LOGPROB_ENTRIES:
+    limits = current_limits()
+    max_tokens = explicit or min(DEFAULT_MAX_TOKENS, limits.max_tokens)
+    entries = req.n * max_tokens * (1 + top)
+    if top and entries > limits.max_logprob_entries:
         raise _bad(
-            f"n * max_tokens * (1 + top_logprobs) = {req.n * max_tokens * (1 + top):,} is over "
-            f"the limit of {MAX_LOGPROB_ENTRIES:,} log-prob entries per request; ask for fewer",
+            limits.over(
+                "max_logprob_entries",
+                f"n * max_tokens * (1 + top_logprobs) = {entries:,} log-prob entries is over "
+                "the limit (ask for fewer)",
+            ),
             "top_logprobs",
+            code="limit_exceeded",
         )
     if req.stream_options is not None and not req.stream:
         raise _bad("'stream_options' needs 'stream': true", "stream_options")
@@ -300,12 +432,14 @@ class ImageStore:
     """Writes images sent as data URLs into a request's temporary folder; returns their paths.
 
     Each image is checked before it is decoded: only data URLs (nothing is fetched), a
-    recognised image format, and width x height from the header within :data:`MAX_IMAGE_PIXELS`
-    (all images of the request within :data:`MAX_REQUEST_PIXELS`, at most :data:`MAX_IMAGES`).
+    recognised image format, and width x height from the header within ``max_image_pixels``
+    (all images of the request within ``max_request_pixels``, at most ``max_images``) of
+    ``limits`` (default: :func:`current_limits`).
     """
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, limits: Limits | None = None):
         self.folder = Path(folder)
+        self.limits = limits or current_limits()
         self.count = 0
         self.pixels = 0
 
@@ -316,17 +450,24 @@ class ImageStore:
                 "remote URLs are not fetched",
                 param,
             )
-        if self.count >= MAX_IMAGES:
-            raise _bad(f"at most {MAX_IMAGES} images per request", param)
+        lim = self.limits
+        if self.count >= lim.max_images:
+            raise _bad(
+                lim.over("max_images", f"at most {lim.max_images} images per request"),
+                param,
+                code="limit_exceeded",
+            )
         try:
             _, data = parse_data_url(url)
             ext = extension_for(sniff_mime(data))
         except RmkitError as e:
             raise _bad(f"{param}: {e.message}", param) from None
-        self.pixels += _header_pixels(data, param)
-        if self.pixels > MAX_REQUEST_PIXELS:
+        self.pixels += _header_pixels(data, param, lim)
+        if self.pixels > lim.max_request_pixels:
             raise _bad(
-                f"the images of this request have more than {MAX_REQUEST_PIXELS:,} pixels", param
+                lim.over("max_request_pixels", "the images of this request hold more pixels"),
+                param,
+                code="limit_exceeded",
             )
         path = self.folder / f"image{self.count}{ext}"
         self.count += 1
@@ -334,7 +475,7 @@ class ImageStore:
         return str(path)
 
 
-def _header_pixels(data: bytes, param: str) -> int:
+def _header_pixels(data: bytes, param: str, limits: Limits) -> int:
     """Width x height from the image header (nothing is decoded); 400 above the limit."""
     from PIL import Image, UnidentifiedImageError
 
@@ -343,12 +484,21 @@ def _header_pixels(data: bytes, param: str) -> int:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as im:
                 w, h = im.size
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        raise _bad(f"{param}: not a readable image", param) from None
-    if w < 1 or h < 1 or w * h > MAX_IMAGE_PIXELS:
+    except Image.DecompressionBombError:  # Pillow's own guard (beyond 2 x its MAX_IMAGE_PIXELS)
         raise _bad(
-            f"{param}: image of {w}x{h} pixels; at most {MAX_IMAGE_PIXELS:,} pixels per image",
+            limits.over("max_image_pixels", f"{param}: an image beyond Pillow's pixel guard"),
             param,
+            code="limit_exceeded",
+        ) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        raise _bad(f"{param}: not a readable image", param) from None
+    if w < 1 or h < 1:
+        raise _bad(f"{param}: not a readable image", param)
+    if w * h > limits.max_image_pixels:
+        raise _bad(
+            limits.over("max_image_pixels", f"{param}: an image of {w}x{h} = {w * h:,} pixels"),
+            param,
+            code="limit_exceeded",
         )
     return w * h
 

@@ -12,8 +12,8 @@ the answer position with a fixed prefix:
   ``</think><answer>``.
 
 For each shown position *k* the continuation ``answer_k + "</answer>"`` (``answer_k`` from
-``template.answers(n)``, e.g. "1", "2" or "Answer 1 is better") is scored by one batched forward
-pass: ``s_k = sum log p(token | everything before it)`` over the tokens after the longest token
+``template.answers(n)``, e.g. "1", "2" or "Answer 1 is better") is scored after one forward pass
+over the prompt, whose key/value cache every continuation shares (:func:`continuation_logprobs`): ``s_k = sum log p(token | everything before it)`` over the tokens after the longest token
 prefix all continuations share (that shared part is conditioned on, not scored). Closing the tag
 makes the score cover the whole answer, so "1" and "10" are distinguished. The probabilities are
 ``softmax(s)`` over the candidates: the judge's distribution restricted to the valid answers.
@@ -78,46 +78,100 @@ def continuation_logprobs(
 
     ``conversation``: the judge messages (a generation prompt is added); ``continuations``: K
     token-id lists. Tokens shared by all K at the start are conditioned on, not scored.
-    Returns K floats. One forward pass over K rows (prompt + continuation, right-padded).
-    """
-    import torch
+    Returns K floats.
 
+    Memory does not grow with K times the prompt: the prompt (plus the shared tokens) runs
+    **once** (batch 1, no padding) and keeps its key/value cache; each continuation's own
+    tokens then run on that cache, which is cut back to the prompt after each one. Inputs with
+    images (where positions depend on the image layout) run each continuation as one
+    unpadded row of its own instead: memory is that of one row, whatever K.
+    """
     from rmkit.models.chat import prepare_inputs
 
-    k = len(continuations)
     shared = common_prefix_len(continuations)
-    longest = max(len(c) for c in continuations)
-    device = next(loaded.model.parameters()).device
-    inputs = prepare_inputs(loaded, [conversation] * k)
+    inputs = prepare_inputs(loaded, [conversation])
+    text_only = set(inputs) <= {"input_ids", "attention_mask"}
+    if text_only:
+        try:
+            return _cached_scores(loaded, inputs["input_ids"], continuations, shared)
+        except TypeError:  # a model whose forward takes no cache: one row per continuation
+            pass
+    return [_row_score(loaded, inputs, cont, shared) for cont in continuations]
+
+
+def _forward(model: Any, keep: int | None = None, **kw: Any) -> Any:
+    if keep is not None:
+        try:
+            return model(**kw, logits_to_keep=keep)
+        except TypeError:  # a model without logits_to_keep
+            pass
+    return model(**kw)
+
+
+def _cached_scores(
+    loaded: Any, prompt_ids: Any, continuations: list[list[int]], shared: int
+) -> list[float]:
+    import inspect
+
+    import torch
+
+    from rmkit.generation.prefix_decode import causal_lm
+
+    model = loaded.model
+    params = inspect.signature(causal_lm(model).forward).parameters
+    cache_kw = "cache" if "cache" in params else "past_key_values"  # transformers >= 5.x: cache
+    device = next(model.parameters()).device
+    head = torch.tensor([continuations[0][:shared]], dtype=prompt_ids.dtype)
+    ids = torch.cat([prompt_ids, head], dim=1).to(device)
+    length = ids.shape[1]
+    with torch.inference_mode():
+        out = _forward(model, 1, input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True)
+        cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+        if cache is None or not hasattr(cache, "crop"):
+            raise TypeError("no croppable cache")
+        first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+        del out
+        scores = []
+        for cont in continuations:
+            rest = cont[shared:]
+            if not rest:
+                scores.append(0.0)
+                continue
+            total = float(first[rest[0]])
+            if len(rest) > 1:
+                step = torch.tensor([rest[:-1]], dtype=ids.dtype, device=device)
+                mask = torch.ones((1, length + step.shape[1]), dtype=ids.dtype, device=device)
+                o = model(input_ids=step, attention_mask=mask, use_cache=True, **{cache_kw: cache})
+                logp = torch.log_softmax(o.logits[0].float(), dim=-1)
+                total += sum(float(logp[j, rest[j + 1]]) for j in range(len(rest) - 1))
+                cache.crop(-(len(rest) - 1))  # back to the prompt (negative: tokens to drop)
+            scores.append(total)
+    return scores
+
+
+def _row_score(loaded: Any, inputs: dict, cont: list[int], shared: int) -> float:
+    """One continuation scored on a row of its own (prompt + continuation, no padding)."""
+    import torch
+
     ids = inputs["input_ids"]
-    p = ids.shape[1]
-    pad = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
+    p, m = ids.shape[1], len(cont)
+    device = next(loaded.model.parameters()).device
     batch: dict[str, Any] = {}
     for name, t in inputs.items():
         if torch.is_tensor(t) and t.dim() >= 2 and t.shape[:2] == ids.shape:  # sequence-aligned
-            ext = torch.zeros((k, longest) + tuple(t.shape[2:]), dtype=t.dtype)
+            ext = torch.zeros((1, m) + tuple(t.shape[2:]), dtype=t.dtype)
             batch[name] = torch.cat([t, ext], dim=1)
         else:
             batch[name] = t
-    batch["input_ids"][:, p:] = pad
-    for row, cont in enumerate(continuations):
-        batch["input_ids"][row, p : p + len(cont)] = torch.tensor(cont, dtype=ids.dtype)
-        if "attention_mask" in batch:
-            batch["attention_mask"][row, p : p + len(cont)] = 1
+    batch["input_ids"][0, p:] = torch.tensor(cont, dtype=ids.dtype)
+    if "attention_mask" in batch:
+        batch["attention_mask"][0, p:] = 1
     batch = {n: t.to(device) if hasattr(t, "to") else t for n, t in batch.items()}
     with torch.inference_mode():
-        try:
-            logits = loaded.model(**batch, logits_to_keep=longest + 1).logits
-        except TypeError:  # a model without logits_to_keep
-            logits = loaded.model(**batch).logits
-        logits = logits[
-            :, -(longest + 1) :
-        ].float()  # position P-1+j predicts token j of the continuation
-        logp = torch.log_softmax(logits, dim=-1)
-    out = []
-    for row, cont in enumerate(continuations):
-        out.append(sum(float(logp[row, j, cont[j]]) for j in range(shared, len(cont))))
-    return out
+        logits = _forward(loaded.model, m + 1, **batch).logits
+        logp = torch.log_softmax(logits[0, -(m + 1) :].float(), dim=-1)
+    # position P-1+j predicts token j of the continuation
+    return sum(float(logp[j, cont[j]]) for j in range(shared, m))
 
 
 def score_record(
