@@ -17,21 +17,15 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import math
 import pkgutil
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from rmkit.algorithms.constants import AGGREGATIONS, FILTER_RULES, KL_MODES, PRECLIP_BOUNDS
 from rmkit.errors import RmkitError
 
 if TYPE_CHECKING:
     import torch
-
-# StableReinforce pre-clip: the log-ratio is clamped to [ln 1e-3, ln 1e3] before exp.
-PRECLIP_BOUNDS = (math.log(1e-3), math.log(1e3))
-AGGREGATIONS = ("token_mean", "seq_mean", "constant")
-KL_MODES = ("none", "k1_reward", "k3_loss")
-FILTER_RULES = ("paper", "released")
 
 
 @dataclass(frozen=True)

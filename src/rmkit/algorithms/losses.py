@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from rmkit.algorithms.base import AGGREGATIONS
+from rmkit.algorithms.constants import AGGREGATIONS
 from rmkit.errors import RmkitError
 
 
