@@ -189,10 +189,17 @@ def _summary(manifest: dict, output: str) -> None:
     t.add_row("[bold]total", *(f"[bold]{tot[s]}" for s in ("train", "val", "test")))
     con = out_console()
     con.print(t)
+    dropped = manifest["counts"]["dropped"]
+    if dropped:  # named filters (empty_answer, duplicate, short candidate, ...) and their counts
+        d = Table(title="rows dropped by filters")
+        d.add_column("filter")
+        d.add_column("rows", justify="right")
+        for k, v in dropped.items():
+            d.add_row(k, str(v))
+        con.print(d)
     if manifest.get("images"):
         im = manifest["images"]
         con.print(f"images: {im['files']} file(s), {im['bytes'] / 1e6:.1f} MB in {output}/images")
-    dropped = manifest["counts"]["dropped"]
     if dropped or manifest["counts"]["rejected_rows"]:
         con.print(
             "dropped: "

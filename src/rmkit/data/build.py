@@ -11,8 +11,17 @@ when you rebuild with another seed or add sources. Candidate order is balanced e
 split and candidate count, the preferred position is drawn from a seeded shuffled deck of all
 positions, so with two candidates the preferred one is first in 50% of records (±1 record).
 
-Atomicity: every output is written to a temporary name and renamed when the whole build has
-succeeded; ``manifest.json`` is written last, so its presence marks a complete build.
+Atomicity: the whole build (split files, ``rejects.jsonl``, ``config.yaml``, ``images/`` and
+``manifest.json``) is written into a staging folder next to the output
+(``.rmkit-build-<name>.<random>``) and swapped in with one atomic exchange of the two folders
+(``renameat2(RENAME_EXCHANGE)``); the previous build is then deleted. A kill at any point leaves
+either the whole previous build or the whole new one under the output's name, never a mix;
+leftover staging folders are removed by the next build. Readers check the split files against
+``manifest.json`` (:func:`rmkit.data.manifest.verify_manifest`).
+
+Safety: ``--output`` may not be, contain or lie inside an input (the build would overwrite or
+re-read its own source), and may not hold files that a build did not write (the commit replaces
+the whole folder). Hidden ``.rmkit*`` files in it (the lock, pipeline markers) are carried over.
 """
 
 from __future__ import annotations
@@ -20,7 +29,10 @@ from __future__ import annotations
 import hashlib
 import heapq
 import logging
+import os
 import random
+import shutil
+import tempfile
 from collections import Counter, defaultdict
 from contextlib import ExitStack
 from pathlib import Path
@@ -41,16 +53,20 @@ from rmkit.data.images import (
 from rmkit.data.readers import BadRow, describe_input, iter_rows
 from rmkit.data.records import make_record, prompt_text, record_problem
 from rmkit.data.sources import CONVERTERS, Pair, RowError, Skip
+from rmkit.data.sources.base import EmptyAnswer
 from rmkit.data.sources.text import HH_SUBSETS
 from rmkit.errors import DataError, RmkitError
 from rmkit.utils import lock
 from rmkit.utils.console import Progress
 from rmkit.utils.io import (
+    TMP_PREFIX,
     HashingWriter,
     atomic_open,
     clean_stale_tmp,
     dumps_line,
+    exchange_dirs,
     file_sha256,
+    fsync_dir,
     write_json_atomic,
     write_text_atomic,
 )
@@ -71,7 +87,7 @@ class Builder:
     def __init__(self, cfg: BuildDataConfig, out: Path):
         self.cfg, self.out = cfg, out
         self.seen: set[bytes] = set()
-        self.ids: Counter[str] = Counter()
+        self.ids: set[str] = set()  # every id given out so far (ids stay unique)
         self.decks: dict[tuple[str, int], list[int]] = {}
         self.rngs: dict[tuple[str, int], random.Random] = {}
         self.counts: dict[str, Counter[str]] = defaultdict(Counter)
@@ -101,16 +117,27 @@ class Builder:
         assert self.rejects is not None
         self.rejects.write(dumps_line(row))
 
-    def _bad(self, path: str, loc: int, field: str | None, expected: str, raw: Any) -> None:
+    def _bad(
+        self,
+        path: str,
+        loc: int,
+        field: str | None,
+        expected: str,
+        raw: Any,
+        null: bool = False,
+        hint: str | None = None,
+    ) -> None:
+        reason = f"is null; expected {expected}" if null else f"expected {expected}"
         if self.cfg.on_error == "fail":
-            raise DataError(
-                path,
-                loc,
-                field,
-                f"expected {expected}",
-                hint="fix the row, or pass --on-error skip to list bad rows in rejects.jsonl and continue",
+            hint = (hint + "; " if hint else "") + (
+                "fix the row, or pass --on-error skip to list bad rows in rejects.jsonl and continue"
             )
-        self._reject(path, loc, field, f"expected {expected}", raw)
+            if null:  # "field 'x' is null; expected a string" (not "missing")
+                err = DataError(path, loc, None, f"field '{field}' {reason}", hint=hint)
+                err.field = field
+                raise err
+            raise DataError(path, loc, field, reason, hint=hint)
+        self._reject(path, loc, field, reason, raw)
 
     def _bad_image(self, path: str, loc: int, err: ImageError, raw: Any) -> None:
         if self.cfg.on_error == "fail":
@@ -120,10 +147,10 @@ class Builder:
             raise DataError(path, loc, err.field, err.message, hint=hint)
         self._reject(path, loc, err.field, err.message, raw)
 
-    def _drop(self, path: str, loc: int, reason: str) -> None:
+    def _drop(self, path: str, loc: int, reason: str, field: str | None = None) -> None:
         """A well-formed row left out on purpose (filter, tie, duplicate): counted by reason."""
         self.dropped[reason.split(":")[0]] += 1
-        self._reject(path, loc, None, reason)
+        self._reject(path, loc, field, reason)
 
     # -- record assembly ------------------------------------------------------------------------
     def _filter(self, pair: Pair) -> str | None:
@@ -154,10 +181,9 @@ class Builder:
             if digest in self.seen:
                 return "duplicate"
             self.seen.add(digest)
-        rid = f"{name}:{pair.key}" if pair.key else f"{name}:{digest.hex()[:16]}"
-        self.ids[rid] += 1
-        if self.ids[rid] > 1:
-            rid = f"{rid}#{self.ids[rid]}"
+        rid = self._unique_id(
+            f"{name}:{pair.key}" if pair.key else f"{name}:{digest.hex()[:16]}", "#"
+        )
         rec = make_record(
             id=rid,
             source=name,
@@ -175,6 +201,16 @@ class Builder:
             if problem:
                 return f"invalid record: {problem[0]}: expected {problem[1]}"
         return rec, digest
+
+    def _unique_id(self, rid: str, sep: str) -> str:
+        """``rid``, or ``rid{sep}2``, ``rid{sep}3``, ... : the first one no record has yet."""
+        if rid in self.ids:
+            k = 2
+            while f"{rid}{sep}{k}" in self.ids:
+                k += 1
+            rid = f"{rid}{sep}{k}"
+        self.ids.add(rid)
+        return rid
 
     def _split_of(self, rec: dict[str, Any]) -> str:
         key = self._salt + prompt_text(rec["prompt"]).strip().encode()
@@ -228,7 +264,15 @@ class Builder:
             return
         copies = int(w) + (1 if _u64(self.cfg.seed, "w", rec["id"]) / 2**64 < w - int(w) else 0)
         for j in range(copies):
-            r = rec if j == 0 else {**rec, "id": f"{rec['id']}#r{j + 1}", "meta": dict(rec["meta"])}
+            r = (
+                rec
+                if j == 0
+                else {
+                    **rec,
+                    "id": self._unique_id(f"{rec['id']}#r{j + 1}", "#"),
+                    "meta": dict(rec["meta"]),
+                }
+            )
             if j:
                 r["candidates"] = list(rec["candidates"])
             self._emit(r)
@@ -243,7 +287,20 @@ class Builder:
         try:
             pairs = fn(row, opts)
         except RowError as e:
-            self._bad(fpath, loc, e.field, e.expected, row)
+            self._bad(fpath, loc, e.field, e.expected, row, null=getattr(e, "null", False))
+            return []
+        except EmptyAnswer as e:
+            if self.cfg.filters.empty_answer == "error":
+                self._bad(
+                    fpath,
+                    loc,
+                    e.field,
+                    "a non-empty answer",
+                    row,
+                    hint="filters.empty_answer=drop (the default) drops such rows as 'empty_answer'",
+                )
+            else:
+                self._drop(fpath, loc, e.reason, e.field)
             return []
         except Skip as e:
             self._drop(fpath, loc, e.reason)
@@ -380,12 +437,17 @@ class Builder:
             "outputs": {
                 f"{s}.jsonl": {
                     "records": self.writers[s].n,
+                    "bytes": self.writers[s].bytes,
                     "sha256": self.writers[s].sha.hexdigest(),
                 }
                 for s in SPLITS
             }
             | {
-                "rejects.jsonl": {"records": self.rejects.n, "sha256": self.rejects.sha.hexdigest()}
+                "rejects.jsonl": {
+                    "records": self.rejects.n,
+                    "bytes": self.rejects.bytes,
+                    "sha256": self.rejects.sha.hexdigest(),
+                }
             },
             "config": self.cfg.model_dump(mode="json", exclude={"output"}),
         }
@@ -399,6 +461,12 @@ def _default_roots(path: str) -> list[Path]:
     return [p.parent] if p.exists() else []
 
 
+BUILD_FILES = frozenset(
+    {*(f"{s}.jsonl" for s in SPLITS), "rejects.jsonl", "manifest.json", "config.yaml", "images"}
+)
+STAGING_PREFIX = ".rmkit-build-"
+
+
 def build_data(cfg: BuildDataConfig, output: str | Path | None = None) -> dict[str, Any]:
     """Run a build; returns the manifest (also written to ``OUTPUT/manifest.json``)."""
     out = Path(output or cfg.output or "")
@@ -408,21 +476,135 @@ def build_data(cfg: BuildDataConfig, output: str | Path | None = None) -> dict[s
         )
     if out.exists() and not out.is_dir():
         raise RmkitError(f"output {out} exists and is not a folder")
+    check_output_vs_inputs(out, [p for src in cfg.sources for p in src.inputs])
+    _check_foreign(out)
     # one build writes a folder at a time (SECURITY-REVIEW M6)
     with lock.lock_output(out, what="build-data output"):
         return _build_locked(cfg, out)
 
 
-def _build_locked(cfg: BuildDataConfig, out: Path) -> dict[str, Any]:
-    manifest_path = out / "manifest.json"
-    if manifest_path.exists():
-        manifest_path.unlink()  # the folder is being rebuilt: it is incomplete until the new manifest
-    manifest = Builder(cfg, out).run()
-    import yaml
+def check_output_vs_inputs(out: Path, inputs: list[str]) -> None:
+    """Refuse an output folder that is, contains or lies inside a local input (SECURITY-REVIEW
+    L4): the build would overwrite its own source or read its own output on a rebuild."""
+    o = out.expanduser().resolve()
+    for raw in inputs:
+        p = Path(raw).expanduser()
+        if not p.exists():
+            continue  # a hub id, or a missing input (reported when it is read)
+        try:
+            q = p.resolve()
+        except OSError:
+            continue
+        if q == o or o in q.parents:
+            raise RmkitError(
+                f"--output {out} contains the input {raw}; the build would overwrite its own source",
+                hint="choose an output folder outside the inputs' folders",
+            )
+        if q.is_dir() and q in o.parents:
+            raise RmkitError(
+                f"--output {out} lies inside the input folder {raw}; a rebuild would read its own output",
+                hint="choose an output folder outside the input folder",
+            )
 
-    write_text_atomic(
-        out / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+def _carried(name: str) -> bool:
+    """Hidden rmkit files (lock, pipeline markers) a rebuild keeps in the output folder."""
+    return name.startswith(".rmkit") and not name.startswith((TMP_PREFIX, STAGING_PREFIX))
+
+
+def _check_foreign(out: Path) -> None:
+    """The commit replaces the whole folder: refuse one holding files a build did not write."""
+    if not out.is_dir():
+        return
+    foreign = sorted(
+        e.name
+        for e in os.scandir(out)
+        if e.name not in BUILD_FILES and not _carried(e.name) and not e.name.startswith(TMP_PREFIX)
     )
-    write_json_atomic(manifest_path, manifest)
-    log.info("wrote %s: %s", out, manifest["counts"]["total"])
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (
+            f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        )
+        raise RmkitError(
+            f"--output {out} holds files that rmkit build-data did not write ({shown}); "
+            "a build replaces the whole folder",
+            hint="choose a new or empty output folder, or move those files away",
+        )
+
+
+def _clean_staging(parent: Path, name: str) -> None:
+    """Remove staging folders a killed build of ``name`` left next to it (under the lock)."""
+    prefix = f"{STAGING_PREFIX}{name}."
+    for entry in os.scandir(parent):
+        if entry.name.startswith(prefix) and entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def _link_or_copy(src: str, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _prepare_staging(cfg: BuildDataConfig, out: Path) -> Path:
+    stage = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{out.name}.", dir=out.parent))
+    os.chmod(stage, 0o777 & ~_umask())
+    needs_images = any(CONVERTERS[s.format].task != "text" for s in cfg.sources)
+    old_images = out / "images"
+    if needs_images and old_images.is_dir():  # reuse stored images (hard links, no copies)
+        for sub in os.scandir(old_images):
+            if not sub.is_dir(follow_symlinks=False):
+                continue
+            (stage / "images" / sub.name).mkdir(parents=True, exist_ok=True)
+            for f in os.scandir(sub.path):
+                if f.is_file(follow_symlinks=False) and not f.name.startswith(TMP_PREFIX):
+                    _link_or_copy(f.path, stage / "images" / sub.name / f.name)
+    return stage
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _commit(stage: Path, out: Path) -> None:
+    """Swap the finished staging folder in for ``out`` in one step, then drop the old build."""
+    for entry in os.scandir(out):  # the lock and pipeline markers move with the folder
+        if _carried(entry.name) and entry.is_file(follow_symlinks=False):
+            _link_or_copy(entry.path, stage / entry.name)
+    fsync_dir(stage)
+    if exchange_dirs(stage, out):
+        fsync_dir(out.parent)
+        shutil.rmtree(stage, ignore_errors=True)  # now the previous build
+        return
+    # No atomic exchange on this OS / file system: two renames. A kill between them leaves
+    # the previous build under OLD_NAME and no folder under the output's name (never a mix).
+    old = out.parent / f"{STAGING_PREFIX}{out.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    os.rename(out, old)
+    os.rename(stage, out)
+    fsync_dir(out.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _build_locked(cfg: BuildDataConfig, out: Path) -> dict[str, Any]:
+    shown, out = out, out.resolve()  # the real folder (a symlinked --output keeps its link)
+    _clean_staging(out.parent, out.name)
+    clean_stale_tmp(out)
+    stage = _prepare_staging(cfg, out)
+    try:
+        manifest = Builder(cfg, stage).run()
+        import yaml
+
+        write_text_atomic(
+            stage / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+        )
+        write_json_atomic(stage / "manifest.json", manifest)
+        _commit(stage, out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    log.info("wrote %s: %s", shown, manifest["counts"]["total"])
     return manifest

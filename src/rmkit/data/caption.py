@@ -37,7 +37,7 @@ from rmkit.data.caption_cache import (  # noqa: F401  (re-exported)
     CaptionSettings,
     caption_key,
 )
-from rmkit.data.images import STORED_NAME, record_image_refs
+from rmkit.data.images import STORED_NAME, confine_record_images, record_image_refs
 from rmkit.data.records import read_records, record_problem
 from rmkit.errors import RmkitError
 from rmkit.utils.console import Progress
@@ -68,19 +68,31 @@ def image_sha(dataset: Path, ref: str) -> str:
 
 
 def _split_files(dataset: Path, splits: tuple[str, ...]) -> list[tuple[str, Path]]:
-    if not (dataset / "manifest.json").is_file():
-        raise RmkitError(
-            f"{dataset}: no manifest.json (not a complete rmkit build-data output)",
-            hint="build it with rmkit build-data first",
-        )
-    return [(s, dataset / f"{s}.jsonl") for s in splits if (dataset / f"{s}.jsonl").is_file()]
+    from rmkit.data.manifest import verify_manifest
+
+    found = [(s, dataset / f"{s}.jsonl") for s in splits if (dataset / f"{s}.jsonl").is_file()]
+    # a complete build whose split files match its manifest (SECURITY-REVIEW L3)
+    verify_manifest(dataset, [f.name for _, f in found])
+    return found
 
 
 def collect_images(dataset: Path, splits: tuple[str, ...] = SPLITS) -> dict[str, str]:
-    """Every image reference in the dataset's splits (first-seen order) -> its SHA-256."""
+    """Every image reference in the dataset's splits (first-seen order) -> its SHA-256.
+
+    Every reference must stay inside the dataset folder (the build-data rule,
+    :func:`rmkit.data.images.resolve_in_roots`), so no file from elsewhere is sent to the
+    captioner; an error names the file, line, record and path.
+    """
+    from rmkit.errors import DataError
+    from rmkit.utils.io import iter_jsonl
+
     refs: dict[str, str] = {}
     for _, path in _split_files(dataset, splits):
-        for rec in read_records(path):
+        for lineno, rec in iter_jsonl(path):
+            problem = record_problem(rec)
+            if problem:
+                raise DataError(str(path), lineno, problem[0], f"expected {problem[1]}")
+            confine_record_images(rec, [dataset], f"{path}:{lineno}")
             for ref in record_image_refs(rec):
                 if ref not in refs:
                     refs[ref] = image_sha(dataset, ref)

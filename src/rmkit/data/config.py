@@ -60,6 +60,11 @@ class SourceConfig(StrictModel):
 
 
 class FilterConfig(StrictModel):
+    empty_answer: Literal["drop", "error"] = Field(
+        "drop",
+        description="an empty (blank) candidate answer: drop the row, counted as 'empty_answer' "
+        "(sources such as HH-RLHF contain them), or treat it as a bad row",
+    )
     drop_identical: bool = True
     max_prompt_chars: int | None = Field(None, gt=0)
     max_candidate_chars: int | None = Field(None, gt=0)

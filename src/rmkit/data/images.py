@@ -227,34 +227,7 @@ class ImageStore:
 
     def resolve(self, ref: str, field_name: str) -> Path:
         """The real path of ``ref`` (relative to a root, or absolute) inside an allowed root."""
-        if not self.roots:
-            raise ImageError(
-                field_name,
-                f"image {ref!r} is a path but no image root is allowed",
-                "pass the folder the paths are relative to with --image-root DIR",
-            )
-        p = Path(ref).expanduser()
-        tries = [p] if p.is_absolute() else [root / p for root in self.roots]
-        outside = None
-        for cand in tries:
-            real = cand.resolve()
-            if not any(real.is_relative_to(root) for root in self.roots):
-                outside = outside or real
-                continue
-            if real.is_file():
-                return real
-        roots = ", ".join(str(r) for r in self.roots)
-        if outside is not None:
-            raise ImageError(
-                field_name,
-                f"image {ref!r} resolves to {outside}, outside the allowed image roots ({roots})",
-                "image paths must stay inside an --image-root folder",
-            )
-        raise ImageError(
-            field_name,
-            f"image {ref!r} not found under the image roots ({roots})",
-            "pass the folder the image paths are relative to with --image-root DIR",
-        )
+        return resolve_in_roots(ref, self.roots, field_name, expand_user=True)
 
     # -- storing -------------------------------------------------------------------------------
     def put_bytes(self, data: bytes, field_name: str, name: str | None) -> str:
@@ -301,6 +274,87 @@ class ImageStore:
             with contextlib.suppress(OSError):
                 sub.rmdir()  # only succeeds when empty
         return kept, size, removed
+
+
+_URL_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+def resolve_in_roots(
+    ref: str,
+    roots: Iterable[str | os.PathLike],
+    field_name: str = "images",
+    *,
+    expand_user: bool = False,
+) -> Path:
+    """The real path of image reference ``ref``, which must lie inside one of ``roots``.
+
+    The one path rule every reader of image paths follows (build-data, distill, eval, train,
+    caption; SECURITY-REVIEW M5): a relative ``ref`` is joined to each root in turn, an absolute
+    one is taken as is; symlinks and ``..`` are resolved *before* the check, and the real path
+    must be an existing file inside a root. URLs (``file://`` included) are refused. Raises
+    :class:`ImageError` naming ``ref`` and where it leads.
+    """
+    if _URL_RE.match(ref):
+        raise ImageError(
+            field_name,
+            f"image {ref!r} is a URL; image references are paths relative to the image root",
+            "download or copy the image into the dataset's image folder (--image-root)",
+        )
+    real_roots = [Path(r).expanduser().resolve() for r in roots]
+    if not real_roots:
+        raise ImageError(
+            field_name,
+            f"image {ref!r} is a path but no image root is allowed",
+            "pass the folder the paths are relative to with --image-root DIR",
+        )
+    p = Path(ref).expanduser() if expand_user else Path(ref)
+    tries = [p] if p.is_absolute() else [root / p for root in real_roots]
+    outside = None
+    for cand in tries:
+        real = cand.resolve()
+        if not any(real.is_relative_to(root) for root in real_roots):
+            outside = outside or real
+            continue
+        if real.is_file():
+            return real
+    shown = ", ".join(str(r) for r in real_roots)
+    if outside is not None:
+        raise ImageError(
+            field_name,
+            f"image {ref!r} resolves to {outside}, outside the allowed image roots ({shown})",
+            "image paths must stay inside an --image-root folder",
+        )
+    raise ImageError(
+        field_name,
+        f"image {ref!r} not found under the image roots ({shown})",
+        "pass the folder the image paths are relative to with --image-root DIR",
+    )
+
+
+def confine_record_images(
+    rec: dict[str, Any], roots: Iterable[str | os.PathLike], where: str
+) -> dict[str, str]:
+    """Check every image reference of record ``rec`` (:func:`record_image_refs`) with
+    :func:`resolve_in_roots`; return ``{ref: real path}``.
+
+    ``data:`` URLs (inline bytes, no file is read) are left out. Raises
+    :class:`~rmkit.errors.RmkitError` naming ``where`` (``file:line``), the record id, the field
+    and the path.
+    """
+    from rmkit.errors import RmkitError
+
+    roots = list(roots)
+    out: dict[str, str] = {}
+    for ref in record_image_refs(rec):
+        if not isinstance(ref, str) or ref.startswith("data:"):
+            continue
+        try:
+            out[ref] = str(resolve_in_roots(ref, roots, "images"))
+        except ImageError as e:
+            raise RmkitError(
+                f"{where}: record {rec.get('id', '<no id>')!r}: {e.message}", hint=e.hint
+            ) from None
+    return out
 
 
 def _struct_name(value: dict) -> str | None:

@@ -34,6 +34,7 @@ import orjson
 
 from rmkit import __version__
 from rmkit.data.images import ImageStore, record_image_refs, write_file_atomic
+from rmkit.data.manifest import verify_manifest
 from rmkit.data.records import record_problem
 from rmkit.errors import DataError, RmkitError
 from rmkit.utils.io import HashingWriter, atomic_open, dumps_line, write_json_atomic
@@ -145,6 +146,8 @@ class _Mixer:
         p = self.parts[i][0]
         if p.is_dir():
             f = p / f"{split}.jsonl"
+            # a dataset folder: complete, and its split file matches its manifest (SECURITY-REVIEW L3)
+            verify_manifest(p, [f.name] if f.is_file() else [])
             return f if f.is_file() else None
         return p if split == "train" else None
 

@@ -25,6 +25,7 @@ Row = dict[str, Any]
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(?::[\w.-]+)?(?:@[\w.\[\]:%-]+)?$")
 PARQUET_BATCH = 2048
 BATCH_BYTES = 4 << 20  # aim for at most ~4 MB of (uncompressed) rows per Parquet batch
+BOM = b"\xef\xbb\xbf"  # a UTF-8 byte order mark (Windows tools write one): accepted and ignored
 
 
 class BadRow(Exception):
@@ -93,6 +94,8 @@ def _iter_jsonl(p: Path) -> Iterator[tuple[int, Row | BadRow]]:
     opener = gzip.open if p.name.endswith(".gz") else open
     with opener(p, "rb") as fh:
         for lineno, line in enumerate(fh, 1):
+            if lineno == 1 and line.startswith(BOM):
+                line = line[len(BOM) :]
             if not line.strip():
                 continue
             try:
@@ -117,7 +120,7 @@ def _iter_jsonl(p: Path) -> Iterator[tuple[int, Row | BadRow]]:
 
 def _iter_json(p: Path) -> Iterator[tuple[int, Row | BadRow]]:
     try:
-        data = orjson.loads(p.read_bytes())
+        data = orjson.loads(p.read_bytes().removeprefix(BOM))
     except orjson.JSONDecodeError as e:
         raise DataError(
             str(p),
@@ -196,7 +199,7 @@ def _maybe_json(value: str) -> Any:
 
 def _iter_csv(p: Path, delimiter: str) -> Iterator[tuple[int, Row | BadRow]]:
     csv.field_size_limit(min(2**31 - 1, 1 << 30))
-    with open(p, newline="", encoding="utf-8") as fh:
+    with open(p, newline="", encoding="utf-8-sig") as fh:  # -sig: a leading BOM is dropped
         reader = csv.DictReader(fh, delimiter=delimiter)
         for row in reader:
             lineno = reader.line_num

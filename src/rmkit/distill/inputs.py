@@ -51,8 +51,19 @@ def is_unlabelled(rec: dict[str, Any]) -> bool:
     return rec.get("label") is None and rec.get("label_kind", "preferred") == "preferred"
 
 
-def read_input(path: str | os.PathLike, limit: int | None = None) -> list[dict[str, Any]]:
-    """Validated records of ``path`` (unlabelled ones allowed), ids unique, first ``limit``."""
+def read_input(
+    path: str | os.PathLike, limit: int | None = None, image_root: str | os.PathLike | None = None
+) -> list[dict[str, Any]]:
+    """Validated records of ``path`` (unlabelled ones allowed), ids unique, first ``limit``.
+
+    Every image reference must stay inside ``image_root`` (default: the file's folder) by the
+    build-data rule (:func:`rmkit.data.images.resolve_in_roots`: no URL or ``file://``, no
+    absolute path, ``..`` or symlink leading outside), so no other local file is ever sent to
+    a teacher (SECURITY-REVIEW M5); an error names the file, line, record and path.
+    """
+    from rmkit.data.images import confine_record_images
+
+    roots = [Path(image_root) if image_root is not None else Path(path).parent]
     out: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
     for lineno, obj in iter_jsonl(path):
@@ -70,6 +81,7 @@ def read_input(path: str | os.PathLike, limit: int | None = None) -> list[dict[s
                 "does)",
             )
         seen[obj["id"]] = lineno
+        confine_record_images(obj, roots, f"{path}:{lineno}")
         out.append(obj)
         if limit is not None and len(out) >= limit:
             break

@@ -109,7 +109,7 @@ def load_items(
     cfg: DistillConfig, tpl: JudgeTemplate, src_file: Path
 ) -> tuple[list[Item], Path | None]:
     """The run's work items, and for CMKD the folder the image records' paths start from."""
-    records = read_input(src_file, cfg.limit)
+    records = read_input(src_file, cfg.limit, cfg.image_root)
     if cfg.sample is not None:
         if cfg.sample >= len(records):
             log.warning(
@@ -132,7 +132,7 @@ def load_items(
     img_path = input_file(str(cfg.cmkd.image_records), cfg.split)
     root = Path(cfg.cmkd.image_root) if cfg.cmkd.image_root else img_path.parent
     items = []
-    for rec, img in pair_caption_records(records, read_input(img_path), img_path):
+    for rec, img in pair_caption_records(records, read_input(img_path, None, root), img_path):
         if img is not None and len(img["candidates"]) != len(rec["candidates"]):
             raise RmkitError(
                 f"caption record {rec['id']} has {len(rec['candidates'])} candidates, its "

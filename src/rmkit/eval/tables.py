@@ -5,7 +5,8 @@ and split or config subfolders, images as ``{bytes, path}`` structs) or as the o
 JSONL file plus an images folder. :func:`data_files` finds the files of one split,
 :func:`iter_table_rows` streams their rows, and :class:`ImageStore` gives every image a path:
 bytes are written once, named by their content hash, into the run's cache folder; path strings
-are resolved against the data folder (or ``image_root``).
+are resolved against the data folder (or ``image_root``) and must stay inside those roots (the
+build-data rule, :func:`rmkit.data.images.resolve_in_roots`).
 """
 
 from __future__ import annotations
@@ -58,6 +59,12 @@ class LoadContext:
         roots = [self.image_root] if self.image_root else []
         roots += [base, base / "images", base.parent]
         return ImageStore(self.cache_dir, roots)
+
+    def record_images(self, folder: Path) -> ImageStore:
+        """The :class:`ImageStore` for unified records in ``folder``: paths stay inside
+        ``image_root`` (when given) or the records' own folder, as in build-data."""
+        roots = [self.image_root] if self.image_root else []
+        return ImageStore(self.cache_dir, roots + [folder])
 
 
 def _is_data_file(p: Path) -> bool:
@@ -251,20 +258,22 @@ class ImageStore:
         self.roots = [r for r in roots if r is not None]
         self.n_written = 0
 
-    def get(self, value: Any, where: tuple[Path, int], field: str) -> str:
+    def get(
+        self, value: Any, where: tuple[Path, int], field: str, record: str | None = None
+    ) -> str:
         if isinstance(value, dict):
             data = value.get("bytes")
             if data:
                 return self.write_bytes(bytes(data), where, field)
             if value.get("path"):
-                return self.resolve(str(value["path"]), where, field)
+                return self.resolve(str(value["path"]), where, field, record)
             raise DataError(
                 str(where[0]), where[1], field, "an image struct with 'bytes' or 'path'"
             )
         if isinstance(value, (bytes, bytearray)):
             return self.write_bytes(bytes(value), where, field)
         if isinstance(value, str) and value:
-            return self.resolve(value, where, field)
+            return self.resolve(value, where, field, record)
         if hasattr(value, "save"):  # a decoded PIL image (datasets with decoding on)
             buf = io.BytesIO()
             value.save(buf, format="PNG")
@@ -297,24 +306,19 @@ class ImageStore:
             raise DataError(str(where[0]), where[1], field, "decodable image bytes") from None
         return "." + ("jpg" if fmt == "jpeg" else fmt)
 
-    def resolve(self, ref: str, where: tuple[Path, int], field: str) -> str:
-        p = Path(ref).expanduser()
-        if p.is_absolute():
-            if p.is_file():
-                return str(p)
-        else:
-            for root in self.roots:
-                cand = root / p
-                if cand.is_file():
-                    return str(cand.resolve())
-        tried = ", ".join(str(r) for r in self.roots) or "<none>"
-        raise DataError(
-            str(where[0]),
-            where[1],
-            field,
-            f"an existing image file, but '{ref}' was not found (looked under: {tried})",
-            hint="pass the folder the image paths are relative to with --image-root",
-        )
+    def resolve(
+        self, ref: str, where: tuple[Path, int], field: str, record: str | None = None
+    ) -> str:
+        """The real path of ``ref`` inside the roots: the rules of build-data
+        (:func:`rmkit.data.images.resolve_in_roots`: no URL or ``file://``, absolute paths,
+        ``..`` and symlinks only when their real path stays inside a root)."""
+        from rmkit.data.images import ImageError, resolve_in_roots
+
+        try:
+            return str(resolve_in_roots(ref, self.roots, field))
+        except ImageError as e:
+            who = f"record {record!r}: " if record is not None else ""
+            raise DataError(str(where[0]), where[1], field, who + e.message, hint=e.hint) from None
 
 
 def is_video(ref: Any) -> bool:

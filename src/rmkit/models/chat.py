@@ -5,6 +5,11 @@ content a string or a list of ``{"type": "text", "text"}`` / ``{"type": "image",
 parts; an image is a file path (or a ``PIL.Image``). Text models get plain-string content (image
 parts are an error); vision-language models get part lists, rendered by the processor's chat
 template and tokenised together with the loaded images, so image tokens are expanded correctly.
+
+Control tokens (SECURITY-REVIEW M7): :func:`normalize_messages` escapes every special-token string
+of the model's tokenizer in message text (``<|im_end|>`` -> ``<\\|im_end|>``, see
+:mod:`rmkit.prompts.neutralize`) before the chat template is applied, so text from records,
+candidates and requests can never produce a special token; only the template places them.
 """
 
 from __future__ import annotations
@@ -23,12 +28,18 @@ SEQUENCE_KEYS = ("input_ids", "attention_mask", "labels", "token_type_ids", "mm_
 _END_TOKENS = ("<|im_end|>", "<end_of_utterance>", "<|eot_id|>", "<end_of_turn>", "<|end|>")
 
 
-def normalize_messages(messages: list[dict], is_vision: bool) -> tuple[list[dict], list[Any]]:
+def normalize_messages(
+    messages: list[dict], is_vision: bool, specials: tuple[str, ...] = ()
+) -> tuple[list[dict], list[Any]]:
     """Validated messages in the form the model's template expects, plus their images in order.
 
     Text models: content becomes one string. Vision models: content becomes a part list.
+    Every occurrence of a string of ``specials`` (the tokenizer's special tokens) in the text is
+    escaped visibly (:func:`rmkit.prompts.neutralize.neutralize`).
     Returns ``(messages, images)`` where ``images`` are the ``image`` values (paths or PIL images).
     """
+    from rmkit.prompts.neutralize import neutralize
+
     if not isinstance(messages, list) or not messages:
         raise RmkitError(f"messages: expected a non-empty list, got {type(messages).__name__}")
     out, images = [], []
@@ -38,6 +49,11 @@ def normalize_messages(messages: list[dict], is_vision: bool) -> tuple[list[dict
                 f"messages[{i}]: expected {{'role': one of {ROLES}, 'content': ...}}, got {msg!r:.80}"
             )
         parts = _parts(msg.get("content"), i)
+        if specials:
+            parts = [
+                {**p, "text": neutralize(p["text"], specials)} if p["type"] == "text" else p
+                for p in parts
+            ]
         images += [p["image"] for p in parts if p["type"] == "image"]
         if is_vision:
             content: Any = parts
@@ -68,6 +84,13 @@ def _parts(content: Any, i: int) -> list[dict]:
                 f"{{'type': 'image', 'image': path}}, got {part!r:.80}"
             )
     return content
+
+
+def special_tokens(loaded) -> tuple[str, ...]:
+    """The special-token strings of ``loaded``'s tokenizer (escaped in message text)."""
+    from rmkit.prompts.neutralize import special_token_strings
+
+    return special_token_strings(loaded.tokenizer)
 
 
 def load_image(image: Any):
@@ -131,8 +154,9 @@ def prepare_inputs(
     processor's image tensors (e.g. ``pixel_values``, ``image_grid_thw``).
     """
     texts, images = [], []
+    specials = special_tokens(loaded)
     for conv in conversations:
-        msgs, imgs = normalize_messages(conv, loaded.is_vision)
+        msgs, imgs = normalize_messages(conv, loaded.is_vision, specials)
         texts.append(render(loaded, msgs, add_generation_prompt))
         images.append(imgs)
     return _encode(loaded, texts, images, padding=True, padding_side="left")
@@ -157,7 +181,7 @@ def encode_sft(loaded, messages: list[dict]) -> dict:
     except on the final assistant message's tokens through its end-of-turn token) plus, for
     vision models, the processor's image tensors for the conversation.
     """
-    msgs, images = normalize_messages(messages, loaded.is_vision)
+    msgs, images = normalize_messages(messages, loaded.is_vision, special_tokens(loaded))
     if len(msgs) < 2 or msgs[-1]["role"] != "assistant":
         raise RmkitError(
             "messages: an SFT example needs at least one prompt message and must end with an "

@@ -5,6 +5,13 @@ chat prompt, candidate images of generation tasks) enter the text as opaque mark
 rendering, the text is split at the markers into ``{"type": "text"}`` and ``{"type": "image"}``
 parts, so the template decides where every image goes. Caption parts (images replaced by their
 descriptions) become a marked text block ``[Image description: ...]``.
+
+All record text (prompt, candidates, captions) passes through :func:`_clean`: NUL bytes are
+removed (so text cannot forge a media marker) and control-token strings (``<|im_end|>``,
+``</s>``, ``<end_of_utterance>``, any ``<|...|>``) are escaped visibly
+(:mod:`rmkit.prompts.neutralize`), so a candidate cannot close the user turn of the judge
+prompt, whichever judge reads it. Local models escape their own tokenizer's special tokens once
+more when the messages are tokenised (:mod:`rmkit.models.chat`).
 """
 
 from __future__ import annotations
@@ -15,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from rmkit.errors import RmkitError
-from rmkit.prompts.templates import LETTERS, JudgeTemplate, get_template
+from rmkit.prompts.neutralize import neutralize_common
+from rmkit.prompts.templates import JudgeTemplate, get_template, letter_label
 
 GENERATION_TASKS = ("image_generation", "video_generation")
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".avi", ".mkv", ".m4v")
@@ -52,8 +60,9 @@ class _Media:
 
 
 def _clean(text: str) -> str:
-    """User-supplied text with NUL bytes removed, so it can never forge a media marker."""
-    return text.replace("\x00", "")
+    """User-supplied text with NUL bytes removed (so it can never forge a media marker) and
+    control-token strings escaped visibly (so it can never forge a chat turn)."""
+    return neutralize_common(text.replace("\x00", ""))
 
 
 def _content_text(content: Any, media: _Media, where: str) -> tuple[str, set[str]]:
@@ -105,7 +114,7 @@ def _check_order(order: list[int], n_cands: int, tpl: JudgeTemplate, rec_id: str
             f"0..{n_cands - 1}",
             hint="pass a permutation of range(len(record['candidates']))",
         )
-    tpl.check_count(len(order))
+    tpl.check_count(len(order), rec_id)
 
 
 def _to_parts(text: str, media: _Media) -> str | list[dict[str, str]]:
@@ -176,7 +185,7 @@ def render_judge_messages(
     shown = []
     for pos, idx in enumerate(order):
         content = media.marker(cands[idx]) if as_files else _clean(str(cands[idx]))
-        shown.append({"n": pos + 1, "letter": LETTERS[pos % 26], "content": content, "index": idx})
+        shown.append({"n": pos + 1, "letter": letter_label(pos), "content": content, "index": idx})
     context = {
         "task": task,
         "prompt": prompt,

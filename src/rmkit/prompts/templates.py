@@ -4,8 +4,8 @@ A template file (built-in ones live in ``rmkit/prompts/templates/``) is::
 
     ---
     name: default
-    answers: "{n}"            # per shown position: a pattern ({n} = 1-based, {letter} = A, B, ...)
-                              # or an explicit list, one string per position
+    answers: "{n}"            # per shown position: a pattern ({n} = 1-based, {letter} = A, B, ...,
+                              # Z, AA, AB, ...) or an explicit list, one string per position
     blocks: [think, answer]   # tagged blocks the output must contain, in this order
     system: "You are ..."     # optional system prompt (rendered with Jinja too)
     ---
@@ -36,6 +36,31 @@ TEMPLATE_DIR = Path(__file__).parent / "templates"
 BLOCKS = ("type", "caption", "think", "answer")
 OUTCOMES = ("preferred", "tie", "both_bad")
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def letter_label(index: int) -> str:
+    """The letter label of 0-based shown position ``index``: A..Z, then AA, AB, ..., ZZ, AAA, ...
+
+    (spreadsheet-column style), so any number of candidates has distinct labels (SECURITY-REVIEW
+    L5: more than 26 candidates used to crash with an IndexError).
+    """
+    if index < 0:
+        raise ValueError(f"position {index} is negative")
+    label = ""
+    n = index + 1
+    while n:
+        n, rem = divmod(n - 1, 26)
+        label = LETTERS[rem] + label
+    return label
+
+
+def format_answer(pattern: str, index: int) -> str:
+    """``pattern`` (an answers pattern) for 0-based shown position ``index``."""
+    fields = {"n": index + 1}
+    if "{letter}" in pattern:
+        fields["letter"] = letter_label(index)
+    return pattern.format(**fields)
+
 
 # What the model writes inside <type>…</type> for each record task.
 TYPE_NAMES = {
@@ -105,8 +130,6 @@ class TemplateSpec(StrictModel):
         hi = self.max_candidates
         if isinstance(self.answers, list):
             hi = len(self.answers) if hi is None else min(hi, len(self.answers))
-        elif "{letter}" in self.answers:
-            hi = len(LETTERS) if hi is None else min(hi, len(LETTERS))
         return self.min_candidates, hi
 
 
@@ -147,13 +170,14 @@ class JudgeTemplate:
         """The string the judge should write in ``<type>`` for a record ``task`` (None if unknown)."""
         return self.spec.types.get(task)
 
-    def check_count(self, n: int) -> None:
-        """Raise if this template cannot show ``n`` candidates."""
+    def check_count(self, n: int, rec_id: str = "") -> None:
+        """Raise if this template cannot show ``n`` candidates (naming record ``rec_id``)."""
+        where = f"record {rec_id}: " if rec_id else ""
         lo, hi = self.spec.candidate_limits()
         if n < lo or (hi is not None and n > hi):
             allowed = f"{lo}" if lo == hi else f"{lo}..{hi if hi is not None else 'any'}"
             raise RmkitError(
-                f"template '{self.name}' shows {allowed} candidate(s), asked for {n}",
+                f"{where}template '{self.name}' shows {allowed} candidate(s), asked for {n}",
                 hint="pick a template that fits the number of candidates (e.g. 'default' for N-way)",
             )
 
@@ -173,7 +197,7 @@ class JudgeTemplate:
         self.check_count(n)
         if isinstance(self.spec.answers, list):
             return list(self.spec.answers[:n])
-        return [self.spec.answers.format(n=i + 1, letter=LETTERS[i]) for i in range(n)]
+        return [format_answer(self.spec.answers, i) for i in range(n)]
 
     def jinja(self, which: Literal["body", "system"]):
         """The compiled Jinja template for the user message body or the system prompt."""

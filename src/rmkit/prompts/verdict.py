@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 
 from rmkit.errors import RmkitError
-from rmkit.prompts.templates import LETTERS, JudgeTemplate, get_template
+from rmkit.prompts.templates import JudgeTemplate, format_answer, get_template
 
 KNOWN_TAGS = ("type", "caption", "think", "answer")
 _TAG_RE = re.compile(r"<(/?)(type|caption|think|answer)>")
@@ -145,9 +145,8 @@ def _map_answer(
             return None, outcome, None
     pattern = tpl.spec.answers
     if isinstance(pattern, str):
-        upto = len(LETTERS) if "{letter}" in pattern else max(n + 1, 100)
-        for i in range(n, upto):
-            if same(pattern.format(n=i + 1, letter=LETTERS[i % len(LETTERS)])):
+        for i in range(n, max(n + 1, 100)):
+            if same(format_answer(pattern, i)):
                 return None, None, f"answer {content.strip()!r} is out of range ({n} candidates)"
     allowed = tpl.answers(n) + list(tpl.spec.outcomes)
     return None, None, f"answer {content.strip()!r} is not one of {allowed}"

@@ -56,7 +56,13 @@ def load_training_records(path: str, split: str, stage: str) -> tuple[list[dict]
 
 
 def resolve_messages(messages: list[dict], image_root: Path | None) -> list[dict]:
-    """Trace messages for the model: image parts made absolute, caption parts made text."""
+    """Trace messages for the model: image parts made absolute, caption parts made text.
+
+    A URL image reference (``file://`` included) is refused: trace images are paths. Paths are
+    not confined to ``image_root``: traces written by ``rmkit distill`` point back into the
+    dataset the distill read (``../data/images/...``); see docs/records.md.
+    """
+    from rmkit.data.images import ImageError, resolve_in_roots
     from rmkit.prompts import caption_block
 
     out = []
@@ -67,6 +73,11 @@ def resolve_messages(messages: list[dict], image_root: Path | None) -> list[dict
             for part in content:
                 if part["type"] == "image":
                     ref = part["image"]
+                    if isinstance(ref, str) and "://" in ref:
+                        try:
+                            resolve_in_roots(ref, [image_root or Path(".")], "messages")
+                        except ImageError as e:
+                            raise RmkitError(e.message, hint=e.hint) from None
                     if image_root is not None and not Path(ref).is_absolute():
                         ref = str(image_root / ref)
                     parts.append({"type": "image", "image": ref})

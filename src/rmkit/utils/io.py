@@ -18,6 +18,7 @@ from typing import IO, Any
 import orjson
 
 TMP_PREFIX = ".rmkit-tmp-"
+BOM = b"\xef\xbb\xbf"  # a UTF-8 byte order mark at the start of a file is accepted and ignored
 
 
 def dumps_line(obj: Any) -> bytes:
@@ -74,7 +75,7 @@ def read_json(path: str | os.PathLike) -> Any:
     from rmkit.errors import RmkitError
 
     try:
-        return orjson.loads(Path(path).read_bytes())
+        return orjson.loads(Path(path).read_bytes().removeprefix(BOM))
     except FileNotFoundError:
         raise RmkitError(f"{path}: file not found") from None
     except orjson.JSONDecodeError as e:
@@ -87,6 +88,8 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
 
     with open(path, "rb") as fh:
         for lineno, line in enumerate(fh, 1):
+            if lineno == 1 and line.startswith(BOM):
+                line = line[len(BOM) :]
             if not line.strip():
                 continue
             try:
@@ -114,15 +117,17 @@ def clean_stale_tmp(folder: str | os.PathLike) -> int:
 
 
 class HashingWriter:
-    """Writes lines to ``fh`` and keeps their running SHA-256 (``sha``) and count (``n``)."""
+    """Writes lines to ``fh`` and keeps their running SHA-256 (``sha``), count (``n``) and
+    size in bytes (``bytes``)."""
 
     def __init__(self, fh: IO[bytes]):
-        self.fh, self.sha, self.n = fh, hashlib.sha256(), 0
+        self.fh, self.sha, self.n, self.bytes = fh, hashlib.sha256(), 0, 0
 
     def write(self, line: bytes) -> None:
         self.fh.write(line)
         self.sha.update(line)
         self.n += 1
+        self.bytes += len(line)
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -132,3 +137,44 @@ def file_sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+def exchange_dirs(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Atomically swap two existing folders (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    Returns False, having changed nothing, where the OS or file system cannot do it.
+    """
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    rc = fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    import errno
+
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM):
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Flush a folder's entries (renames into it) to disk, where the OS allows it."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

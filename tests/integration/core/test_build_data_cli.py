@@ -160,14 +160,11 @@ BAD_ROWS = [
     ("{not json", None, "valid JSON"),
     (json.dumps({"chosen": "\n\nHuman: q\n\nAssistant: a"}), "rejected", "field is missing"),
     (json.dumps({"chosen": 5, "rejected": "x"}), "chosen", "a string"),
-    (
-        json.dumps(
-            {"chosen": "\n\nHuman: q\n\nAssistant: ", "rejected": "\n\nHuman: q\n\nAssistant: b"}
-        ),
-        "chosen",
-        "non-empty",
-    ),
 ]
+# a row HH-RLHF legitimately contains (an empty final answer): dropped by the empty_answer filter
+EMPTY_ANSWER_ROW = json.dumps(
+    {"chosen": "\n\nHuman: q\n\nAssistant: ", "rejected": "\n\nHuman: q\n\nAssistant: b"}
+)
 
 
 @pytest.mark.parametrize("bad,field,expected", BAD_ROWS)
@@ -189,7 +186,7 @@ def test_malformed_row_stops_with_file_line_field(tmp_path, capsys, bad, field, 
 
 def test_on_error_skip_lists_rejects_and_completes(tmp_path):
     rows = [json.dumps(r) for r in hh_rows(6)]
-    for i, (bad, _, _) in enumerate(BAD_ROWS):
+    for i, bad in enumerate([b for b, _, _ in BAD_ROWS] + [EMPTY_ANSWER_ROW]):
         rows.insert(2 * i + 1, bad)
     data = write_jsonl(tmp_path / "in.jsonl", rows)
     assert (
@@ -198,10 +195,13 @@ def test_on_error_skip_lists_rejects_and_completes(tmp_path):
     )
     m = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert sum(m["counts"]["total"].values()) == 6 and m["counts"]["rejected_rows"] == 4
+    assert m["counts"]["dropped"] == {"empty_answer": 1}
     rejects = [json.loads(x) for x in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
     assert [r["line"] for r in rejects] == [2, 4, 6, 8]
     assert [r["field"] for r in rejects] == [None, "rejected", "chosen", "chosen"]
-    assert all(r["file"] == str(data) and r["reason"].startswith("expected") for r in rejects)
+    assert all(r["file"] == str(data) for r in rejects)
+    assert all(r["reason"].startswith("expected") for r in rejects[:3])
+    assert rejects[3]["reason"].startswith("empty_answer")
 
 
 def test_input_formats_and_multiple_sources_with_cap_and_weight(tmp_path):
@@ -328,6 +328,11 @@ def test_dry_run_prints_resolved_config(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def _staged(parent: Path) -> list[Path]:
+    """Files a running build is writing (in its staging folder next to the output)."""
+    return list(parent.glob(".rmkit-build-out.*/.rmkit-tmp-*"))
+
+
 def _start_on_fifo(tmp_path: Path) -> tuple[subprocess.Popen, object, Path]:
     fifo = tmp_path / "in.jsonl"
     os.mkfifo(fifo)
@@ -355,7 +360,7 @@ def _start_on_fifo(tmp_path: Path) -> tuple[subprocess.Popen, object, Path]:
         fh.write(json.dumps(r) + "\n")
     fh.flush()
     deadline = time.monotonic() + 60
-    while not any(out.glob(".rmkit-tmp-*")) and time.monotonic() < deadline:
+    while not _staged(tmp_path) and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(0.3)  # let it convert what was written
     return proc, fh, out
@@ -364,7 +369,7 @@ def _start_on_fifo(tmp_path: Path) -> tuple[subprocess.Popen, object, Path]:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_interrupted_build_leaves_no_partial_outputs(tmp_path, sig):
     proc, fh, out = _start_on_fifo(tmp_path)
-    assert any(out.glob(".rmkit-tmp-*")), "the build did not start writing"
+    assert _staged(tmp_path), "the build did not start writing"
     proc.send_signal(sig)
     proc.wait(timeout=30)
     with contextlib.suppress(BrokenPipeError):
@@ -374,8 +379,9 @@ def test_interrupted_build_leaves_no_partial_outputs(tmp_path, sig):
     assert finals == set(), finals
     if sig == signal.SIGINT:
         assert proc.returncode == 130
-        assert not any(out.glob(".rmkit-tmp-*"))  # cleaned up on the way out
+        assert not list(tmp_path.glob(".rmkit-build-*"))  # cleaned up on the way out
     # a rerun on a complete input cleans leftovers and succeeds
     data = write_jsonl(tmp_path / "full.jsonl", hh_rows(50))
     assert run("build-data", "-f", "hh-rlhf", "-i", data, "-o", out) == 0
     assert not any(out.glob(".rmkit-tmp-*")) and (out / "manifest.json").exists()
+    assert not list(tmp_path.glob(".rmkit-build-*"))  # a killed run's staging folder is removed

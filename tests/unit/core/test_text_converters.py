@@ -6,6 +6,7 @@ import pytest
 
 from rmkit.data.records import make_record, record_problem
 from rmkit.data.sources import CONVERTERS, RowError, Skip
+from rmkit.data.sources.base import EmptyAnswer
 from rmkit.data.sources.text import parse_hh_transcript
 
 
@@ -64,12 +65,13 @@ def test_hh_rlhf_errors_name_fields():
     with pytest.raises(RowError) as e:
         convert("hh-rlhf", {"chosen": "\n\nHuman: Q\n\nAssistant: A"})
     assert e.value.field == "rejected"
-    with pytest.raises(RowError) as e:
+    # an empty answer is legitimate HH-RLHF data: the empty_answer filter, not a malformed row
+    with pytest.raises(EmptyAnswer) as e:
         convert(
             "hh-rlhf",
             {"chosen": "\n\nHuman: Q\n\nAssistant:", "rejected": "\n\nHuman: Q\n\nAssistant: x"},
         )
-    assert e.value.field == "chosen" and "non-empty" in e.value.expected
+    assert e.value.field == "chosen" and e.value.reason.startswith("empty_answer:")
     with pytest.raises(RowError) as e:
         convert("hh-rlhf", {"chosen": 3, "rejected": "x"})
     assert e.value.field == "chosen" and "string" in e.value.expected

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from collections import Counter
@@ -56,6 +57,15 @@ def test_selection_takes_exactly_the_number_asked(tmp_path):
     assert Counter(c for c, _, _ in rep) == {0: 50, 1: 50, 2: 20}
 
 
+def write_manifest(folder: Path) -> None:
+    """A minimal manifest whose outputs match the split files (mix checks them)."""
+    outputs = {
+        f.name: {"sha256": hashlib.sha256(f.read_bytes()).hexdigest()}
+        for f in sorted(folder.glob("*.jsonl"))
+    }
+    (folder / "manifest.json").write_text(json.dumps({"outputs": outputs}))
+
+
 def write_set(folder: Path, prefix: str, n: dict[str, int], task: str = "text") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for split in ("train", "val", "test"):
@@ -71,7 +81,7 @@ def write_set(folder: Path, prefix: str, n: dict[str, int], task: str = "text") 
             for i in range(n.get(split, 0))
         ]
         (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
-    (folder / "manifest.json").write_text("{}")
+    write_manifest(folder)
     return folder
 
 
@@ -139,6 +149,7 @@ def test_mix_copies_images_and_cli(tmp_path):
         label=0,
     )
     (gen / "train.jsonl").write_text(json.dumps(rec) + "\n")
+    write_manifest(gen)
     txt = write_set(tmp_path / "t", "t", {"train": 3})
     rc = main(
         [
@@ -163,3 +174,7 @@ def test_mix_copies_images_and_cli(tmp_path):
     assert (
         main(["build-data", "mix", "--part", f"{gen}=1", "-o", str(tmp_path / "o2")]) == 1
     )  # needs two parts
+    # a part whose split file no longer matches its manifest is refused, naming the file
+    (gen / "train.jsonl").write_text(json.dumps({**rec, "id": "g:2"}) + "\n")
+    with pytest.raises(RmkitError, match=r"train\.jsonl.*does not match"):
+        mix_datasets([(gen, 1), (txt, 2)], tmp_path / "o3", splits=["train"])

@@ -14,20 +14,52 @@ from typing import Any
 
 
 class RowError(Exception):
-    """A row the converter cannot use: ``field`` and what was ``expected`` there."""
+    """A row the converter cannot use: ``field`` and what was ``expected`` there.
 
-    def __init__(self, field: str, expected: str):
-        super().__init__(f"{field}: {expected}")
+    ``null=True`` says the field is present but ``null`` (reported as "field 'x' is null;
+    expected ..." rather than as missing).
+    """
+
+    def __init__(self, field: str, expected: str, *, null: bool = False):
+        super().__init__(f"{field}: {'is null; ' if null else ''}{expected}")
         self.field = field
         self.expected = expected
+        self.null = null
+
+
+def missing_or_null(row: dict[str, Any], key: str, expected: str = "a value") -> RowError:
+    """The error for a field that is absent from ``row`` or present but ``null``."""
+    if key in row:
+        return RowError(key, expected, null=True)
+    return RowError(key, f"{expected} (field is missing)")
 
 
 class Skip(Exception):
-    """A well-formed row that carries no usable preference (e.g. a tie when ties are dropped)."""
+    """A well-formed row that carries no usable preference (e.g. a tie when ties are dropped).
+
+    The part of ``reason`` before the first ``:`` is the name the drop is counted under in the
+    manifest (``counts.dropped``) and the summary.
+    """
 
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
+
+
+EMPTY_ANSWER = "empty_answer"
+
+
+class EmptyAnswer(Skip):
+    """A candidate answer that is an empty (or whitespace-only) string.
+
+    Real sources contain these legitimately (HH-RLHF has transcripts whose final
+    ``Assistant:`` turn is empty), so they are a named filter (``filters.empty_answer``:
+    ``drop`` by default, counted as ``empty_answer``), not a malformed row.
+    """
+
+    def __init__(self, field: str):
+        super().__init__(f"{EMPTY_ANSWER}: '{field}' is an empty answer")
+        self.field = field
 
 
 @dataclass(frozen=True, eq=False)
@@ -71,14 +103,14 @@ class ConverterSpec:
     check: Callable[[dict[str, Any]], str | None] | None = None  # option check: a problem or None
 
 
-def require(row: dict[str, Any], key: str) -> Any:
-    if key not in row or row[key] is None:
-        raise RowError(key, "a value (field is missing)")
+def require(row: dict[str, Any], key: str, expected: str = "a value") -> Any:
+    if row.get(key) is None:
+        raise missing_or_null(row, key, expected)
     return row[key]
 
 
 def require_str(row: dict[str, Any], key: str, *, allow_empty: bool = False) -> str:
-    v = require(row, key)
+    v = require(row, key, "a string")
     if not isinstance(v, str):
         raise RowError(key, f"a string, got {type(v).__name__}")
     if not allow_empty and not v.strip():
@@ -140,6 +172,14 @@ def split_conversation(msgs: list[dict[str, Any]], field: str) -> tuple[list[dic
 
 
 def nonempty(text: str, field: str) -> str:
+    """``text`` when it is not blank; a blank one is a malformed row (use for prompts)."""
     if not text.strip():
-        raise RowError(field, "a non-empty candidate")
+        raise RowError(field, "a non-empty string")
+    return text
+
+
+def answer(text: str, field: str) -> str:
+    """A candidate answer: a blank one raises :class:`EmptyAnswer` (the ``empty_answer`` filter)."""
+    if not text.strip():
+        raise EmptyAnswer(field)
     return text

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rmkit.data.sources.base import Pair, RowError, nonempty, require
+from rmkit.data.sources.base import Pair, RowError, answer, require
 from rmkit.data.sources.vision import (
     attach_images,
     chat_messages,
@@ -50,7 +50,7 @@ def _prompt_and_answers(row: dict[str, Any], cols: dict[str, str]) -> tuple[list
         raise RowError(cols["rejected"], "the same conversation context as the chosen column")
     else:
         prompt = contexts[0]
-    return prompt, nonempty(answers[0], cols["chosen"]), nonempty(answers[1], cols["rejected"])
+    return prompt, answer(answers[0], cols["chosen"]), answer(answers[1], cols["rejected"])
 
 
 def _canon(msgs: list[dict[str, Any]]) -> list:

@@ -22,6 +22,9 @@ from rmkit.data.sources.base import (
     require,
     require_str,
 )
+from rmkit.data.sources.base import (
+    answer as candidate_answer,
+)
 from rmkit.data.sources.image_chat import openai_messages, trl_vision
 from rmkit.data.sources.vision import (
     attach_images,
@@ -55,8 +58,8 @@ def _image(row: dict[str, Any], *keys: str) -> ImageSource:
 def rlaif_v(row: dict[str, Any], opts: dict[str, Any]) -> list[Pair]:
     question = require_str(row, "question")
     image = _image(row, "image", "image_path")
-    c = nonempty(require_str(row, "chosen", allow_empty=True), "chosen")
-    r = nonempty(require_str(row, "rejected", allow_empty=True), "rejected")
+    c = candidate_answer(require_str(row, "chosen", allow_empty=True), "chosen")
+    r = candidate_answer(require_str(row, "rejected", allow_empty=True), "rejected")
     meta = keep_fields(row, ("ds_name", "origin_dataset", "idx"))
     key = (
         f"{row['ds_name']}/{row['idx']}"
@@ -133,7 +136,7 @@ def povid(row: dict[str, Any], opts: dict[str, Any]) -> list[Pair]:
     return [
         understanding_pair(
             prompt,
-            [nonempty(c, "conversations"), nonempty(r, "rejected_conversations")],
+            [candidate_answer(c, "conversations"), candidate_answer(r, "rejected_conversations")],
             0,
             key=key,
         )
@@ -199,7 +202,10 @@ def llava_critic(row: dict[str, Any], opts: dict[str, Any]) -> list[Pair]:
     prompt = user_turn(
         nonempty(q, "conversations[0].value"), [_image(row, "image")], "conversations"
     )
-    cands = [nonempty(a, "conversations[0].value"), nonempty(b.strip(), "conversations[0].value")]
+    cands = [
+        candidate_answer(a, "conversations[0].value"),
+        candidate_answer(b.strip(), "conversations[0].value"),
+    ]
     key = str(row["id"]) if row.get("id") is not None else None
     if verdict == "tie":
         tie_or_skip("tie", opts.get("drop_ties", False), "the judgement calls the responses equal")
@@ -257,7 +263,10 @@ def r1_reward(row: dict[str, Any], opts: dict[str, Any]) -> list[Pair]:
         else m.group("q").strip()
     )
     prompt = user_turn(nonempty(question, "question"), images, "message")
-    cands = [nonempty(m.group("a").strip(), "message"), nonempty(m.group("b").strip(), "message")]
+    cands = [
+        candidate_answer(m.group("a").strip(), "message"),
+        candidate_answer(m.group("b").strip(), "message"),
+    ]
     return [understanding_pair(prompt, cands, int(am.group(1)) - 1)]
 
 
@@ -296,7 +305,7 @@ def sharegpt(row: dict[str, Any], opts: dict[str, Any]) -> list[Pair]:
             if not isinstance(v, str)
             else {"content": v}
         )
-        answers.append(nonempty(msg["content"], cols[k]))
+        answers.append(candidate_answer(msg["content"], cols[k]))
     prompt = attach_images(
         conv, image_sources(row.get(cols["images"]), cols["images"]), cols["images"], strict=True
     )

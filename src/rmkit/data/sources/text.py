@@ -11,7 +11,8 @@ from rmkit.data.sources.base import (
     Pair,
     RowError,
     Skip,
-    nonempty,
+    answer,
+    missing_or_null,
     normalize_messages,
     prompt_from_messages,
     require,
@@ -76,7 +77,7 @@ def hh_rlhf(row: dict[str, Any], opts: dict[str, Any]) -> list[Pair]:
     return [
         Pair(
             prompt=prompt_from_messages(context),
-            candidates=[nonempty(c, "chosen"), nonempty(r, "rejected")],
+            candidates=[answer(c, "chosen"), answer(r, "rejected")],
             label=0,
             subset=opts.get("subset"),
         )
@@ -108,7 +109,7 @@ def ultrafeedback(row: dict[str, Any], opts: dict[str, Any]) -> list[Pair]:
     return [
         Pair(
             prompt=prompt_from_messages(context),
-            candidates=[nonempty(c, "chosen"), nonempty(r, "rejected")],
+            candidates=[answer(c, "chosen"), answer(r, "rejected")],
             label=0,
             key=str(row["prompt_id"]) if row.get("prompt_id") else None,
             meta=meta,
@@ -127,7 +128,7 @@ def skywork(row: dict[str, Any], opts: dict[str, Any]) -> list[Pair]:
     return [
         Pair(
             prompt=prompt_from_messages(ctx_c),
-            candidates=[nonempty(c, "chosen"), nonempty(r, "rejected")],
+            candidates=[answer(c, "chosen"), answer(r, "rejected")],
             label=0,
             meta=meta,
         )
@@ -138,8 +139,8 @@ def helpsteer3(row: dict[str, Any], opts: dict[str, Any]) -> list[Pair]:
     context = normalize_messages(require(row, "context"), "context")
     if context[-1]["role"] != "user":
         raise RowError("context", "a conversation ending with a user turn")
-    r1 = nonempty(require_str(row, "response1", allow_empty=True), "response1")
-    r2 = nonempty(require_str(row, "response2", allow_empty=True), "response2")
+    r1 = answer(require_str(row, "response1", allow_empty=True), "response1")
+    r2 = answer(require_str(row, "response2", allow_empty=True), "response2")
     pref = require(row, "overall_preference")
     if isinstance(pref, bool) or not isinstance(pref, (int, float)) or not -3 <= pref <= 3:
         raise RowError("overall_preference", f"a number in -3..3, got {pref!r}")
@@ -214,13 +215,13 @@ def rewardbench(row: dict[str, Any], opts: dict[str, Any]) -> list[Pair]:
             or not all(isinstance(x, str) for x in rejected)
         ):
             raise RowError("rejected", "a non-empty list of strings (RewardBench 2 layout)")
-        rej = [nonempty(x, f"rejected[{i}]") for i, x in enumerate(rejected)]
+        rej = [answer(x, f"rejected[{i}]") for i, x in enumerate(rejected)]
         out = []
         for i, c in enumerate(chosen):
             out.append(
                 Pair(
                     prompt=prompt,
-                    candidates=[nonempty(c, f"chosen[{i}]"), *rej],
+                    candidates=[answer(c, f"chosen[{i}]"), *rej],
                     label=0,
                     key=None if key is None else (key if len(chosen) == 1 else f"{key}.{i}"),
                     meta=dict(meta),
@@ -233,7 +234,7 @@ def rewardbench(row: dict[str, Any], opts: dict[str, Any]) -> list[Pair]:
     return [
         Pair(
             prompt=prompt,
-            candidates=[nonempty(c, "chosen"), nonempty(r, "rejected")],
+            candidates=[answer(c, "chosen"), answer(r, "rejected")],
             label=0,
             key=key,
             meta=meta,
@@ -256,7 +257,7 @@ def pairs(row: dict[str, Any], opts: dict[str, Any]) -> list[Pair]:
     mapped = {k: row.get(v) for k, v in cols.items()}
     for k in ("chosen", "rejected"):
         if mapped[k] is None:
-            raise RowError(cols[k], "a value (field is missing)")
+            raise missing_or_null(row, cols[k])
     ctx_c, c = _text_or_reply({"chosen": mapped["chosen"]}, "chosen")
     ctx_r, r = _text_or_reply({"rejected": mapped["rejected"]}, "rejected")
     pv = mapped["prompt"]
@@ -282,7 +283,7 @@ def pairs(row: dict[str, Any], opts: dict[str, Any]) -> list[Pair]:
     return [
         Pair(
             prompt=prompt,
-            candidates=[nonempty(c, cols["chosen"]), nonempty(r, cols["rejected"])],
+            candidates=[answer(c, cols["chosen"]), answer(r, cols["rejected"])],
             label=0,
             key=key,
             meta=extra,

@@ -39,25 +39,25 @@ def load(ctx: LoadContext) -> LoadResult:
 
     path = records_file(ctx.data, ctx.split)
     res = LoadResult(items=[], n_rows=0, files=[str(path)])
-    store = ctx.images(path.parent)
+    store = ctx.record_images(path.parent)
     for rec in read_records(path):
         res.n_rows += 1
         if rec.get("label_kind", "preferred") != "preferred":
             res.skip(f"label_kind {rec['label_kind']}")
             continue
-        where = (path, res.n_rows)
-        images = [store.get(ref, where, "images") for ref in rec.get("images", [])]
+        where, rid = (path, res.n_rows), rec["id"]
+        images = [store.get(ref, where, "images", rid) for ref in rec.get("images", [])]
         cands = list(rec["candidates"])
         if rec["task"] in ("image_generation", "video_generation") and not rec["meta"].get(
             "caption_substituted"
         ):
-            cands = [store.get(c, where, "candidates") for c in cands]
+            cands = [store.get(c, where, "candidates", rid) for c in cands]
         res.items.append(
             EvalItem(
                 id=rec["id"],
                 category=rec["task"],
                 subcategory=rec["source"],
-                prompt=_resolve_prompt(rec["prompt"], store, where),
+                prompt=_resolve_prompt(rec["prompt"], store, where, rid),
                 candidates=cands,
                 label=rec["label"],
                 task=rec["task"],
@@ -77,7 +77,7 @@ def _extra(rec: dict[str, Any]) -> dict[str, Any]:
     return extra
 
 
-def _resolve_prompt(prompt: Any, store: ImageStore, where: tuple) -> Any:
+def _resolve_prompt(prompt: Any, store: ImageStore, where: tuple, rid: str) -> Any:
     """A chat prompt with its inline image parts made absolute (strings pass through)."""
     if isinstance(prompt, str):
         return prompt
@@ -86,7 +86,7 @@ def _resolve_prompt(prompt: Any, store: ImageStore, where: tuple) -> Any:
         content = msg["content"]
         if isinstance(content, list):
             content = [
-                {**part, "image": store.get(part["image"], where, "prompt")}
+                {**part, "image": store.get(part["image"], where, "prompt", rid)}
                 if part.get("type") == "image"
                 else part
                 for part in content
