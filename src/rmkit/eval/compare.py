@@ -13,6 +13,11 @@ items both runs scored, as the percentile interval of seeded resampled mean diff
   is a cluster of its own.
 
 With one item per cluster the two bootstraps draw the same indices and give the same interval.
+
+:func:`compare_stages` does the stage-wise accounting of several runs in training order
+(untrained -> after SFT -> after RL): each run's accuracy with its own (item or cluster)
+bootstrap interval, each stage's gain over the run before it with the paired interval, and
+the fraction of verdicts each stage changed.
 """
 
 from __future__ import annotations
@@ -94,41 +99,87 @@ def paired_cluster_bootstrap_ci(
     one item and the clusters come in item order, the result equals
     :func:`paired_bootstrap_ci`'s exactly. Returns ``(mean_diff, low, high)``.
     """
+    d = _differences(a, b)
+    sums, sizes = _cluster_sums(d, clusters)
+    low, high = _interval(sums, sizes, n_boot, seed, level)
+    return float(d.mean()), low, high
+
+
+def _cluster_sums(values: Any, clusters: Sequence[Hashable]) -> tuple[Any, Any]:
+    """Per-cluster sums of ``values`` and cluster sizes, clusters in order of first appearance."""
     import numpy as np
 
-    d = _differences(a, b)
-    if len(clusters) != len(d):
+    if len(clusters) != len(values):
         raise RmkitError(
-            f"cluster bootstrap: {len(clusters)} cluster labels for {len(d)} items",
+            f"cluster bootstrap: {len(clusters)} cluster labels for {len(values)} items",
             hint="pass one cluster per item",
         )
     index: dict[Hashable, int] = {}
     try:
         codes = np.fromiter(
-            (index.setdefault(c, len(index)) for c in clusters), dtype=np.intp, count=len(d)
+            (index.setdefault(c, len(index)) for c in clusters), dtype=np.intp, count=len(values)
         )
     except TypeError as e:
         raise RmkitError(f"cluster bootstrap: a cluster label is not hashable ({e})") from None
-    sums = np.bincount(codes, weights=d, minlength=len(index))
+    sums = np.bincount(codes, weights=values, minlength=len(index))
     sizes = np.bincount(codes, minlength=len(index)).astype(np.float64)
+    return sums, sizes
+
+
+def bootstrap_mean_ci(
+    scores: Sequence[float],
+    clusters: Sequence[Hashable] | None = None,
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float, float]:
+    """Mean of one run's per-item ``scores`` (e.g. its accuracy) and its percentile bootstrap
+    interval: items resampled with replacement, or, with ``clusters`` (one label per item),
+    clusters resampled with replacement and each resample's statistic the mean over every item
+    of the drawn clusters. The draws are those of :func:`paired_bootstrap_ci` (item) and
+    :func:`paired_cluster_bootstrap_ci` (cluster) with the same seed, so with ``a`` all zeros
+    those functions return the same triple. Returns ``(mean, low, high)``."""
+    import numpy as np
+
+    if not len(scores):
+        raise RmkitError("bootstrap of a mean needs a non-empty score list")
+    x = np.asarray(scores, dtype=np.float64)
+    if clusters is None:
+        sums, sizes = x, np.ones_like(x)
+    else:
+        sums, sizes = _cluster_sums(x, clusters)
     low, high = _interval(sums, sizes, n_boot, seed, level)
-    return float(d.mean()), low, high
+    return float(x.mean()), low, high
 
 
 def _scored(out: str | Path) -> tuple[dict[str, Any], dict[str, float], dict[str, Any]]:
     """Metrics, headline per-item scores and the items' clusters (``extra.cluster`` of their
     prediction lines; items without one are left out) of one run."""
+    metrics, scores, clusters, _ = _scored_with_verdicts(out)
+    return metrics, scores, clusters
+
+
+def _scored_with_verdicts(
+    out: str | Path,
+) -> tuple[dict[str, Any], dict[str, float], dict[str, Any], dict[str, tuple]]:
+    """:func:`_scored` and each item's verdicts: the ``pick`` of each of its samples (the
+    candidate index, ``"tie"``/``"both_bad"``, or None when nothing was parsed), in sample order."""
     from rmkit.eval.metrics import compute_metrics
     from rmkit.eval.outputs import load_run
 
     config, dataset, preds = load_run(out)
     metrics, score = compute_metrics(preds, config, dataset)
     clusters: dict[str, Any] = {}
+    picks: dict[str, list[tuple[int, Any]]] = {}
     for p in preds:
         cluster = (p.get("extra") or {}).get("cluster")
         if cluster is not None:
             clusters.setdefault(p["id"], cluster)
-    return metrics, score.item_scores, clusters
+        picks.setdefault(p["id"], []).append((int(p.get("sample") or 0), p.get("pick")))
+    verdicts = {
+        i: tuple(pick for _, pick in sorted(rows, key=lambda r: r[0])) for i, rows in picks.items()
+    }
+    return metrics, score.item_scores, clusters, verdicts
 
 
 def item_clusters(
@@ -213,6 +264,108 @@ def compare_runs(
         "bootstrap": "item" if clusters is None else "cluster",
         "mean_diff": mean_diff,
         "ci": [low, high],
+        "n_boot": n_boot,
+        "seed": seed,
+    }
+
+
+def verdict_changes(
+    verdicts_a: dict[str, tuple],
+    verdicts_b: dict[str, tuple],
+    scores_a: dict[str, float],
+    scores_b: dict[str, float],
+) -> dict[str, Any]:
+    """How the verdicts of two runs of the same items differ, over the items both scored.
+
+    An item's verdict is the tuple of its samples' picks (:func:`_scored_with_verdicts`); it
+    changed when the tuples differ. ``fixed``/``broken``: items whose headline score rose/fell.
+    Returns ``{"n", "changed", "fraction", "fixed", "broken"}`` (fraction None when n is 0)."""
+    common = [
+        i for i in sorted(set(scores_a) & set(scores_b)) if i in verdicts_a and i in verdicts_b
+    ]
+    changed = sum(1 for i in common if verdicts_a[i] != verdicts_b[i])
+    fixed = sum(1 for i in common if scores_b[i] > scores_a[i])
+    broken = sum(1 for i in common if scores_b[i] < scores_a[i])
+    n = len(common)
+    return {
+        "n": n,
+        "changed": changed,
+        "fraction": changed / n if n else None,
+        "fixed": fixed,
+        "broken": broken,
+    }
+
+
+def _merged_clusters(common: list[str], per_run: list[dict[str, Any]]) -> list[Hashable] | None:
+    """:func:`item_clusters` over several runs (every pair must agree)."""
+    merged: dict[str, Any] = {}
+    for clusters in per_run:
+        item_clusters(common, merged, clusters)  # raises when a run disagrees with an earlier one
+        for i in common:
+            if i not in merged and i in clusters:
+                merged[i] = clusters[i]
+    return item_clusters(common, merged, {})
+
+
+def compare_stages(
+    dirs: Sequence[str | Path], n_boot: int = 2000, seed: int = 0, level: float = 0.95
+) -> dict[str, Any]:
+    """Stage-wise accounting of several runs of the same benchmark, in training order (e.g.
+    untrained, after SFT, after RL), over the items every run scored.
+
+    Each run gets its mean headline item score with its own bootstrap interval
+    (:func:`bootstrap_mean_ci`), each run after the first the paired difference from the run
+    before it with its paired interval (:func:`paired_bootstrap_ci`, or
+    :func:`paired_cluster_bootstrap_ci` when any common item carries a cluster), and the
+    verdict changes from the run before it (:func:`verdict_changes`, over the items both of the
+    two scored). The stage differences add up to the first-to-last difference on these items.
+    All intervals use ``seed``. Returns ``{"benchmark", "protocol", "n_common", "n_clusters",
+    "bootstrap", "runs": [{"model", "overall", "accuracy", "ci"}], "gains": [{"mean_diff",
+    "ci"}], "changes": [verdict_changes(...)], "n_boot", "seed"}`` (``gains``/``changes``: one
+    per run after the first)."""
+    if len(dirs) < 2:
+        raise RmkitError("stage-wise comparison needs at least two runs")
+    runs = [_scored_with_verdicts(d) for d in dirs]
+    benchmarks = {m["benchmark"] for m, *_ in runs}
+    if len(benchmarks) > 1:
+        raise RmkitError(
+            f"cannot compare runs of different benchmarks ({', '.join(sorted(benchmarks))})",
+            hint="compare runs of the same benchmark",
+        )
+    common = sorted(set.intersection(*(set(scores) for _, scores, _, _ in runs)))
+    if not common:
+        raise RmkitError(
+            "the runs have no scored item in common",
+            hint="were they run on the same data and split?",
+        )
+    clusters = _merged_clusters(common, [c for _, _, c, _ in runs])
+    out_runs, gains, changes = [], [], []
+    for j, (metrics, scores, _, verdicts) in enumerate(runs):
+        x = [scores[i] for i in common]
+        mean, low, high = bootstrap_mean_ci(x, clusters, n_boot, seed, level)
+        out_runs.append(
+            {"model": metrics.get("model"), "overall": metrics.get("overall"), "accuracy": mean,
+             "ci": [low, high]}
+        )  # fmt: skip
+        if j == 0:
+            continue
+        _, prev_scores, _, prev_verdicts = runs[j - 1]
+        a = [prev_scores[i] for i in common]
+        if clusters is None:
+            diff, low, high = paired_bootstrap_ci(a, x, n_boot, seed, level)
+        else:
+            diff, low, high = paired_cluster_bootstrap_ci(a, x, clusters, n_boot, seed, level)
+        gains.append({"mean_diff": diff, "ci": [low, high]})
+        changes.append(verdict_changes(prev_verdicts, verdicts, prev_scores, scores))
+    return {
+        "benchmark": runs[0][0]["benchmark"],
+        "protocol": runs[0][0]["protocol"],
+        "n_common": len(common),
+        "n_clusters": len(common) if clusters is None else len(set(clusters)),
+        "bootstrap": "item" if clusters is None else "cluster",
+        "runs": out_runs,
+        "gains": gains,
+        "changes": changes,
         "n_boot": n_boot,
         "seed": seed,
     }

@@ -1,19 +1,29 @@
 """The ``report`` stage: before/after evaluation and training curves of a run in one place.
 
-Reads two ``rmkit eval`` output folders of the same benchmark (``before`` and ``after``) and
-any number of train stage folders; writes into its stage folder (and, with ``publish``, into
-that folder too, e.g. the run folder):
+Reads two ``rmkit eval`` output folders of the same benchmark (``before`` and ``after``),
+optionally a third one between them (``sft``: the judge after its SFT stage, when ``after`` is
+the judge after RL), and any number of train stage folders; writes into its stage folder (and,
+with ``publish``, into that folder too, e.g. the run folder):
 
 - ``report.md``: accuracy before and after, the paired difference with its 95% bootstrap
   interval (:func:`rmkit.eval.compare.compare_runs`: items resampled with replacement, or,
   when the held-out items carry a ``cluster``, clusters resampled with replacement), the
-  per-category table, the training stages' first/last metrics, sample verdicts, and the curves;
-- ``accuracy.png`` (before/after bars with the interval) and ``curves-<stage>.png`` per train
-  stage (:func:`rmkit.training.metrics.plot_curves` on its ``metrics.jsonl``);
+  per-category table, the training stages' first/last/mean metrics, sample verdicts, and the
+  curves; with ``sft``, a stage-by-stage table (untrained -> after SFT -> after RL, over the
+  items all three runs scored: each run's accuracy with its own bootstrap interval, each
+  stage's gain over the run before it with its paired interval and whether that interval
+  excludes zero, :func:`rmkit.eval.compare.compare_stages`) and the verdicts RL changed;
+- ``accuracy.png`` (before/after bars with the interval of the gain; with ``sft`` three bars,
+  each with its own interval) and ``curves-<stage>.png`` per train stage
+  (:func:`rmkit.training.metrics.plot_curves` on its ``metrics.jsonl``);
 - ``results.json``: ``accuracy_before``, ``accuracy_after``, ``n_heldout``, ``n_clusters``
   (resampled units; ``n_heldout`` for the item bootstrap), ``bootstrap`` (``"cluster"`` or
   ``"item"``), ``difference``, ``ci95_low``, ``ci95_high``, ``significant`` (the interval
-  excludes 0) and per-stage numbers.
+  excludes 0), per-stage numbers (``train``), ``rl_zero_variance_groups`` (the mean over its
+  steps of ``rl/zero_variance_groups`` of the last train stage that logged it), and with
+  ``sft``: ``accuracy_sft``, ``sft_gain``, ``sft_gain_ci95_low``/``high``,
+  ``sft_gain_significant``, ``rl_gain``, ``rl_gain_ci95_low``/``high``,
+  ``rl_gain_significant``, ``verdicts_changed_sft_to_rl`` and the full table (``stagewise``).
 
 Nothing is generated or re-judged: the numbers come from the saved predictions, so the report
 can be rebuilt at any time.
@@ -33,6 +43,8 @@ from rmkit.utils.io import iter_jsonl, read_json, write_json_atomic, write_text_
 
 RESULTS = "results.json"
 REPORT = "report.md"
+ZERO_VARIANCE = "rl/zero_variance_groups"  # RL metric: share of groups with equal rewards
+STAGE_LABELS = ("untrained", "after SFT", "after RL")
 
 
 class ReportStageConfig(StrictModel):
@@ -41,6 +53,11 @@ class ReportStageConfig(StrictModel):
     kind: Literal["report"] = "report"
     before: str = Field(description="eval output folder of the judge before training")
     after: str = Field(description="eval output folder of the trained judge")
+    sft: str | None = Field(
+        None,
+        description="eval output folder of the judge after SFT, before RL (then `after` is the "
+        "judge after RL): adds the stage-by-stage accounting untrained -> SFT -> RL",
+    )
     train: list[str] = Field(default_factory=list, description="train stage folders to plot")
     output: str = Field(description="set by the pipeline: the stage folder")
     publish: str | None = Field(None, description="also write report.md and figures here")
@@ -68,41 +85,88 @@ def train_summary(folder: Path) -> dict[str, Any]:
         )
     rewards = [k for k in rows[0] if k.startswith("reward/") and k != "reward/total"]
     keys = ["loss", "reward/total", *rewards, "accuracy", "response/length", "eval/accuracy"]
-    out: dict[str, Any] = {"steps": rows[-1].get("step"), "first": {}, "last": {}}
+    keys.append(ZERO_VARIANCE)
+    out: dict[str, Any] = {"steps": rows[-1].get("step"), "first": {}, "last": {}, "mean": {}}
     for key in keys:
         vals = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
         if vals:
             out["first"][key], out["last"][key] = vals[0], vals[-1]
+            out["mean"][key] = sum(vals) / len(vals)
     seconds = [sum(v for k, v in r.items() if k.startswith("step_time/")) for r in rows]
     if any(seconds):
         out["seconds_per_step"] = sum(seconds) / len(seconds)
     return out
 
 
-def accuracy_figure(path: Path, before: float, after: float, low: float, high: float) -> None:
-    """Two bars (before, after) with the after bar's interval of the difference drawn on it."""
+def bar_figure(
+    path: Path, labels: list[str], accs: list[float], errors: dict[int, tuple[float, float]],
+    title: str,
+) -> None:
+    """Accuracy bars (one per label) with a 95% interval ``(low, high)`` drawn on the bars named
+    in ``errors``; written atomically as PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(4.2, 3.2))
-    ax.bar(["before", "after"], [before, after], color=["#9aa5b1", "#2f7ed8"])
+    fig, ax = plt.subplots(figsize=(1.6 * len(labels) + 0.8, 3.2))
+    ax.bar(labels, accs, color=["#9aa5b1", *["#7fb3e8"] * (len(labels) - 2), "#2f7ed8"])
+    xs = sorted(errors)
     ax.errorbar(
-        [1], [after], yerr=[[after - (before + low)], [(before + high) - after]],
+        xs, [accs[x] for x in xs],
+        yerr=[[accs[x] - errors[x][0] for x in xs], [errors[x][1] - accs[x] for x in xs]],
         fmt="none", ecolor="black", capsize=6,
     )  # fmt: skip
     ax.axhline(0.5, color="grey", linestyle=":", linewidth=1)
     ax.set_ylim(0, 1)
     ax.set_ylabel("held-out accuracy")
-    ax.set_title("accuracy (error bar: 95% CI of the gain)", fontsize=9)
-    for x, v in enumerate([before, after]):
+    ax.set_title(title, fontsize=9)
+    for x, v in enumerate(accs):
         ax.text(x - 0.3, max(v - 0.07, 0.02), f"{100 * v:.1f}%", color="white", fontsize=9)
     fig.tight_layout()
     tmp = path.with_name(f".tmp-{path.name}")
     fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
     tmp.replace(path)
+
+
+def stagewise_results(cfg: ReportStageConfig) -> dict[str, Any] | None:
+    """The stage-by-stage accounting of before -> sft -> after (None without ``cfg.sft``):
+    the flat ``results.json`` keys and the table (``stagewise``)."""
+    from rmkit.eval.compare import compare_stages
+
+    if not cfg.sft:
+        return None
+    st = compare_stages([cfg.before, cfg.sft, cfg.after], n_boot=cfg.n_boot, seed=cfg.seed)
+    (sft_gain, rl_gain), change = st["gains"], st["changes"][1]
+    table = {
+        "n_items": st["n_common"],
+        "n_clusters": st["n_clusters"],
+        "bootstrap": st["bootstrap"],
+        "rows": [
+            {"stage": label, "judge": r["model"], "accuracy": r["accuracy"],
+             "ci95_low": r["ci"][0], "ci95_high": r["ci"][1],
+             "gain": None if j == 0 else st["gains"][j - 1]["mean_diff"],
+             "gain_ci95_low": None if j == 0 else st["gains"][j - 1]["ci"][0],
+             "gain_ci95_high": None if j == 0 else st["gains"][j - 1]["ci"][1]}
+            for j, (label, r) in enumerate(zip(STAGE_LABELS, st["runs"], strict=True))
+        ],
+        "verdicts_sft_to_rl": change,
+    }  # fmt: skip
+    overall = st["runs"][1]["overall"]
+    return {
+        "accuracy_sft": overall if overall is not None else st["runs"][1]["accuracy"],
+        "sft_gain": sft_gain["mean_diff"],
+        "sft_gain_ci95_low": sft_gain["ci"][0],
+        "sft_gain_ci95_high": sft_gain["ci"][1],
+        "sft_gain_significant": sft_gain["ci"][0] > 0 or sft_gain["ci"][1] < 0,
+        "rl_gain": rl_gain["mean_diff"],
+        "rl_gain_ci95_low": rl_gain["ci"][0],
+        "rl_gain_ci95_high": rl_gain["ci"][1],
+        "rl_gain_significant": rl_gain["ci"][0] > 0 or rl_gain["ci"][1] < 0,
+        "verdicts_changed_sft_to_rl": change["fraction"],
+        "stagewise": table,
+    }
 
 
 def sample_lines(after: Path, k: int) -> list[str]:
@@ -135,8 +199,20 @@ def build_report(cfg: ReportStageConfig) -> dict[str, Any]:
     rows = {name.strip(): (a, b) for name, a, b in cmp["rows"]}
     acc_before, acc_after = rows["overall"]
     low, high = cmp["ci"]
+    staged = stagewise_results(cfg)
     figures = ["accuracy.png"]
-    accuracy_figure(out / "accuracy.png", acc_before, acc_after, low, high)
+    if staged is None:
+        bar_figure(
+            out / "accuracy.png", ["before", "after"], [acc_before, acc_after],
+            {1: (acc_before + low, acc_before + high)}, "accuracy (error bar: 95% CI of the gain)",
+        )  # fmt: skip
+    else:
+        st = staged["stagewise"]["rows"]
+        bar_figure(
+            out / "accuracy.png", [r["stage"] for r in st], [r["accuracy"] for r in st],
+            {j: (r["ci95_low"], r["ci95_high"]) for j, r in enumerate(st)},
+            "accuracy by stage (error bars: 95% CI)",
+        )  # fmt: skip
     stages: dict[str, Any] = {}
     for folder in map(Path, cfg.train):
         stages[folder.name] = train_summary(folder)
@@ -160,6 +236,11 @@ def build_report(cfg: ReportStageConfig) -> dict[str, Any]:
         "judge_after": cmp["model_b"],
         "train": stages,
     }
+    zero_var = [s["mean"][ZERO_VARIANCE] for s in stages.values() if ZERO_VARIANCE in s["mean"]]
+    if zero_var:
+        results["rl_zero_variance_groups"] = zero_var[-1]
+    if staged is not None:
+        results.update(staged)
     text = render_markdown(cfg, cmp, results, figures)
     write_json_atomic(out / RESULTS, results)
     write_text_atomic(out / REPORT, text)
@@ -202,6 +283,7 @@ def render_markdown(
         f"[{100 * low:+.1f}, {100 * high:+.1f}] points |",
         "",
         verdict,
+        *stagewise_lines(res),
         "",
         "## Details",
         "",
@@ -214,20 +296,91 @@ def render_markdown(
         else:
             lines.append(f"| {name.strip()} | {pct(a)} | {pct(b)} |")
     if res["train"]:
-        lines += ["", "## Training", "", "| stage | steps | metric | first | last |"]
-        lines.append("| --- | --- | --- | --- | --- |")
+        lines += ["", "## Training", "", "| stage | steps | metric | first | last | mean |"]
+        lines.append("| --- | --- | --- | --- | --- | --- |")
         for stage, s in res["train"].items():
+            means = s.get("mean", {})
             for key in s["last"]:
+                mean = f"{means[key]:.4g}" if key in means else "-"
                 lines.append(
                     f"| {stage} | {s['steps']} | {key} | {s['first'][key]:.4g} | "
-                    f"{s['last'][key]:.4g} |"
+                    f"{s['last'][key]:.4g} | {mean} |"
                 )
+        if res.get("rl_zero_variance_groups") is not None:
+            lines += [
+                "",
+                f"RL: on average {pct(res['rl_zero_variance_groups'])} of a step's prompt groups "
+                f"had equal rewards for all their completions (`{ZERO_VARIANCE}`, mean over the "
+                "steps): those groups give no group advantage.",
+            ]
     samples = sample_lines(Path(cfg.after), cfg.samples)
     if samples:
         lines += ["", "## Sample verdicts after training", "", *samples]
     lines += ["", "## Figures", ""]
     lines += [f"![{Path(f).stem}]({f})" for f in figures]
     return "\n".join(lines) + "\n"
+
+
+def gain_phrase(low: float, high: float) -> str:
+    """Whether a gain's 95% interval excludes zero, in words."""
+    if low > 0:
+        return "yes: a gain"
+    if high < 0:
+        return "yes: a loss"
+    return "no"
+
+
+def stagewise_lines(res: dict[str, Any]) -> list[str]:
+    """The stage-by-stage section of report.md (none without a ``stagewise`` table)."""
+    from rmkit.eval.compare import bootstrap_phrase
+
+    st = res.get("stagewise")
+    if not st:
+        return []
+    clusters = f" in {st['n_clusters']} clusters" if st["bootstrap"] == "cluster" else ""
+    lines = [
+        "",
+        "## Stage by stage",
+        "",
+        f"{st['n_items']} held-out items{clusters} judged by all three. A gain is over the row "
+        f"above. 95% intervals: {bootstrap_phrase(st)}, {res['n_boot']} resamples, of each "
+        "accuracy and (paired) of each gain.",
+        "",
+        "| stage | judge | accuracy | 95% CI | gain | 95% CI of the gain | excludes 0 |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in st["rows"]:
+        ci = f"[{pct(r['ci95_low'])}, {pct(r['ci95_high'])}]"
+        if r["gain"] is None:
+            gain = gain_ci = excl = "-"
+        else:
+            gain = f"{100 * r['gain']:+.1f} points"
+            gain_ci = f"[{100 * r['gain_ci95_low']:+.1f}, {100 * r['gain_ci95_high']:+.1f}]"
+            excl = gain_phrase(r["gain_ci95_low"], r["gain_ci95_high"])
+        lines.append(
+            f"| {r['stage']} | {r['judge']} | {pct(r['accuracy'])} | {ci} | {gain} | "
+            f"{gain_ci} | {excl} |"
+        )
+    lines.append("")
+    for name, key in (("SFT", "sft_gain"), ("RL", "rl_gain")):
+        low, high = res[f"{key}_ci95_low"], res[f"{key}_ci95_high"]
+        lines.append(
+            f"- {name}: {100 * res[key]:+.1f} points, 95% CI [{100 * low:+.1f}, {100 * high:+.1f}]: "
+            + (
+                "the interval excludes zero, a reliable gain."
+                if low > 0
+                else "the interval excludes zero, a reliable loss."
+                if high < 0
+                else "the interval includes zero, no reliable change."
+            )
+        )
+    ch = st["verdicts_sft_to_rl"]
+    if ch["n"]:
+        lines.append(
+            f"- RL changed the verdict on {ch['changed']} of {ch['n']} items "
+            f"({pct(ch['fraction'])}): {ch['fixed']} now right, {ch['broken']} now wrong."
+        )
+    return lines
 
 
 def read_results(folder: Path) -> dict[str, Any]:

@@ -46,7 +46,16 @@ KEEP: dict[str, tuple[str, ...]] = {
     "report": (),
 }
 LAUNCH_FILE = ".rmkit-launch.json"
-TRAIN_KEYS = ("loss", "reward/total", "accuracy", "response/length", "adv/filtered_frac")
+TRAIN_KEYS = (
+    "loss", "reward/total", "accuracy", "response/length", "adv/filtered_frac",
+    "rl/zero_variance_groups",
+)  # fmt: skip
+# report keys present only with a ``sft`` eval run (stage-wise accounting) or an RL stage
+REPORT_STAGE_KEYS = (
+    "accuracy_sft", "sft_gain", "sft_gain_ci95_low", "sft_gain_ci95_high", "sft_gain_significant",
+    "rl_gain", "rl_gain_ci95_low", "rl_gain_ci95_high", "rl_gain_significant",
+    "verdicts_changed_sft_to_rl", "rl_zero_variance_groups",
+)  # fmt: skip
 
 
 def run_build(stage: Stage, resume: bool) -> dict[str, Any]:
@@ -142,7 +151,8 @@ def run_report(stage: Stage, resume: bool) -> dict[str, Any]:
 
     res = build_report(stage.config)
     keep = ("accuracy_before", "accuracy_after", "n_heldout", "difference", "ci95_low")
-    return {k: res[k] for k in (*keep, "ci95_high", "significant", "n_clusters", "bootstrap")}
+    keep += ("ci95_high", "significant", "n_clusters", "bootstrap", *REPORT_STAGE_KEYS)
+    return {k: res[k] for k in keep if k in res}
 
 
 RUNNERS: dict[str, Callable[[Stage, bool], dict[str, Any]]] = {
@@ -249,7 +259,7 @@ def stage_inputs(stage: Stage) -> list[str]:
     elif kind == "train":
         found = [c.data.path, c.model.init_from]
     elif kind == "report":
-        found = [c.before, c.after, *c.train]
+        found = [c.before, c.sft, c.after, *c.train]
     else:
         found = [c.data, c.judge.adapter or c.judge.model]
     found += [s.adapter for s in stage.serve.values()]

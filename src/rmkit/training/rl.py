@@ -245,6 +245,20 @@ def _ratio(pair: list[float]) -> float:
     return pair[0] / pair[1] if pair[1] else float("nan")
 
 
+def zero_variance_groups(totals: list[float], group: int, tol: float = 1e-6) -> tuple[float, float]:
+    """``(groups whose rewards are all equal, groups)`` of one process's rollout (``totals``
+    prompt-major, ``group`` completions per prompt). Equal means ``max - min <= tol``: such a
+    group's rewards carry no preference between its completions, so its group-relative
+    advantage is zero."""
+    if group < 1 or len(totals) % group:
+        raise ValueError(f"{len(totals)} rewards do not split into groups of {group}")
+    flat = 0
+    for start in range(0, len(totals), group):
+        chunk = totals[start : start + group]
+        flat += max(chunk) - min(chunk) <= tol
+    return float(flat), float(len(totals) // group)
+
+
 def _step_metrics(
     run, ro, totals, rewards, acc: _Acc, timer, adv_stats, seq_tokens: int
 ) -> dict[str, float]:
@@ -260,6 +274,7 @@ def _step_metrics(
     local += [acc.loss, acc.tokens, acc.clip, acc.preclip, acc.kl, float(sum(lengths)), float(cut)]
     local += [float(seq_tokens), acc.gap_sum, acc.gap_tokens]
     local += [v for row in acc.per_update for v in row]
+    local += zero_variance_groups(totals, ro.group)  # the last two sums
     s = all_sum(accel, local)
     timing = [ro.stats.get(k, 0.0) for k in ROLLOUT_TIMES]
     ratio_max, gap_max, *rest = all_max(
@@ -281,6 +296,8 @@ def _step_metrics(
         m["policy/kl"] = s[base + 4] / max(tokens, 1.0)
     m["policy/ratio_max"] = ratio_max
     m["response/length"] = s[base + 5] / n
+    if ro.group > 1:  # share of prompt groups (all processes) with no reward variance
+        m["rl/zero_variance_groups"] = _ratio(s[-2:])
     m["response/truncated_frac"] = s[base + 6] / n
     m["lr"] = acc.lr
     m["grad_norm"] = sum(acc.grad_norms) / len(acc.grad_norms)

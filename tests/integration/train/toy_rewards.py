@@ -41,3 +41,14 @@ def blocking_alpha_fraction(completion: str, sample_id: str) -> float:
 def starts_with_letter(completion: str) -> float:
     """1.0 when the completion's first character is a letter (about half of random samples)."""
     return 1.0 if completion[:1].isalpha() else 0.0
+
+
+def failing_alpha_fraction(completion: str) -> float:
+    """:func:`alpha_fraction`, but once ``RMKIT_TEST_FAIL_AFTER`` calls have been made by this
+    copy of the module (each run loads its own), raise: a run that crashes at a known point in
+    the same process (after the checkpoint of the previous step)."""
+    after = int(os.environ.get("RMKIT_TEST_FAIL_AFTER", "0") or 0)
+    failing_alpha_fraction.calls = getattr(failing_alpha_fraction, "calls", 0) + 1
+    if after and failing_alpha_fraction.calls > after:
+        raise RuntimeError("simulated crash")
+    return alpha_fraction(completion)
