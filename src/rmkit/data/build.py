@@ -32,7 +32,6 @@ import logging
 import os
 import random
 import shutil
-import tempfile
 from collections import Counter, defaultdict
 from contextlib import ExitStack
 from pathlib import Path
@@ -55,6 +54,15 @@ from rmkit.data.records import make_record, prompt_text, record_problem
 from rmkit.data.sources import CONVERTERS, Pair, RowError, Skip
 from rmkit.data.sources.base import EmptyAnswer
 from rmkit.data.sources.text import HH_SUBSETS
+from rmkit.data.staging import (  # noqa: F401  (check_output_vs_inputs: re-exported)
+    STAGING_PREFIX,
+    check_foreign,
+    check_output_vs_inputs,
+    clean_staging,
+    commit_folder,
+    link_or_copy,
+    new_staging,
+)
 from rmkit.errors import DataError, RmkitError
 from rmkit.utils import lock
 from rmkit.utils.console import Progress
@@ -64,9 +72,7 @@ from rmkit.utils.io import (
     atomic_open,
     clean_stale_tmp,
     dumps_line,
-    exchange_dirs,
     file_sha256,
-    fsync_dir,
     write_json_atomic,
     write_text_atomic,
 )
@@ -464,7 +470,6 @@ def _default_roots(path: str) -> list[Path]:
 BUILD_FILES = frozenset(
     {*(f"{s}.jsonl" for s in SPLITS), "rejects.jsonl", "manifest.json", "config.yaml", "images"}
 )
-STAGING_PREFIX = ".rmkit-build-"
 
 
 def build_data(cfg: BuildDataConfig, output: str | Path | None = None) -> dict[str, Any]:
@@ -483,73 +488,13 @@ def build_data(cfg: BuildDataConfig, output: str | Path | None = None) -> dict[s
         return _build_locked(cfg, out)
 
 
-def check_output_vs_inputs(out: Path, inputs: list[str]) -> None:
-    """Refuse an output folder that is, contains or lies inside a local input (SECURITY-REVIEW
-    L4): the build would overwrite its own source or read its own output on a rebuild."""
-    o = out.expanduser().resolve()
-    for raw in inputs:
-        p = Path(raw).expanduser()
-        if not p.exists():
-            continue  # a hub id, or a missing input (reported when it is read)
-        try:
-            q = p.resolve()
-        except OSError:
-            continue
-        if q == o or o in q.parents:
-            raise RmkitError(
-                f"--output {out} contains the input {raw}; the build would overwrite its own source",
-                hint="choose an output folder outside the inputs' folders",
-            )
-        if q.is_dir() and q in o.parents:
-            raise RmkitError(
-                f"--output {out} lies inside the input folder {raw}; a rebuild would read its own output",
-                hint="choose an output folder outside the input folder",
-            )
-
-
-def _carried(name: str) -> bool:
-    """Hidden rmkit files (lock, pipeline markers) a rebuild keeps in the output folder."""
-    return name.startswith(".rmkit") and not name.startswith((TMP_PREFIX, STAGING_PREFIX))
-
-
 def _check_foreign(out: Path) -> None:
     """The commit replaces the whole folder: refuse one holding files a build did not write."""
-    if not out.is_dir():
-        return
-    foreign = sorted(
-        e.name
-        for e in os.scandir(out)
-        if e.name not in BUILD_FILES and not _carried(e.name) and not e.name.startswith(TMP_PREFIX)
-    )
-    if foreign:
-        shown = ", ".join(foreign[:5]) + (
-            f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
-        )
-        raise RmkitError(
-            f"--output {out} holds files that rmkit build-data did not write ({shown}); "
-            "a build replaces the whole folder",
-            hint="choose a new or empty output folder, or move those files away",
-        )
-
-
-def _clean_staging(parent: Path, name: str) -> None:
-    """Remove staging folders a killed build of ``name`` left next to it (under the lock)."""
-    prefix = f"{STAGING_PREFIX}{name}."
-    for entry in os.scandir(parent):
-        if entry.name.startswith(prefix) and entry.is_dir(follow_symlinks=False):
-            shutil.rmtree(entry.path, ignore_errors=True)
-
-
-def _link_or_copy(src: str, dst: Path) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
+    check_foreign(out, BUILD_FILES, "rmkit build-data")
 
 
 def _prepare_staging(cfg: BuildDataConfig, out: Path) -> Path:
-    stage = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{out.name}.", dir=out.parent))
-    os.chmod(stage, 0o777 & ~_umask())
+    stage = new_staging(out)
     needs_images = any(CONVERTERS[s.format].task != "text" for s in cfg.sources)
     old_images = out / "images"
     if needs_images and old_images.is_dir():  # reuse stored images (hard links, no copies)
@@ -559,39 +504,13 @@ def _prepare_staging(cfg: BuildDataConfig, out: Path) -> Path:
             (stage / "images" / sub.name).mkdir(parents=True, exist_ok=True)
             for f in os.scandir(sub.path):
                 if f.is_file(follow_symlinks=False) and not f.name.startswith(TMP_PREFIX):
-                    _link_or_copy(f.path, stage / "images" / sub.name / f.name)
+                    link_or_copy(f.path, stage / "images" / sub.name / f.name)
     return stage
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _commit(stage: Path, out: Path) -> None:
-    """Swap the finished staging folder in for ``out`` in one step, then drop the old build."""
-    for entry in os.scandir(out):  # the lock and pipeline markers move with the folder
-        if _carried(entry.name) and entry.is_file(follow_symlinks=False):
-            _link_or_copy(entry.path, stage / entry.name)
-    fsync_dir(stage)
-    if exchange_dirs(stage, out):
-        fsync_dir(out.parent)
-        shutil.rmtree(stage, ignore_errors=True)  # now the previous build
-        return
-    # No atomic exchange on this OS / file system: two renames. A kill between them leaves
-    # the previous build under OLD_NAME and no folder under the output's name (never a mix).
-    old = out.parent / f"{STAGING_PREFIX}{out.name}.old"
-    shutil.rmtree(old, ignore_errors=True)
-    os.rename(out, old)
-    os.rename(stage, out)
-    fsync_dir(out.parent)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _build_locked(cfg: BuildDataConfig, out: Path) -> dict[str, Any]:
     shown, out = out, out.resolve()  # the real folder (a symlinked --output keeps its link)
-    _clean_staging(out.parent, out.name)
+    clean_staging(out.parent, out.name)
     clean_stale_tmp(out)
     stage = _prepare_staging(cfg, out)
     try:
@@ -602,7 +521,7 @@ def _build_locked(cfg: BuildDataConfig, out: Path) -> dict[str, Any]:
             stage / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
         )
         write_json_atomic(stage / "manifest.json", manifest)
-        _commit(stage, out)
+        commit_folder(stage, out)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise

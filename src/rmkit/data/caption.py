@@ -250,6 +250,11 @@ def run_captions(
     return counts
 
 
+CAPTION_FILES = frozenset(
+    {*(f"{s}.jsonl" for s in SPLITS), "captions.jsonl", "manifest.json", CACHE_FILE}
+)
+
+
 def caption_dataset(
     dataset: str | Path,
     output: str | Path,
@@ -261,21 +266,35 @@ def caption_dataset(
     """Caption ``dataset``'s images (cached) and write substituted splits to ``output``.
 
     ``model`` is the id that keys the cache (e.g. ``api:gpt-4o-mini`` or ``local:tiny-qwen2.5-vl``).
-    Returns the manifest, also written to ``output/manifest.json`` last.
+    Returns the manifest, also written to ``output/manifest.json``. The output folder is
+    written as a whole (:mod:`rmkit.data.staging`): a failed or killed run leaves the previous
+    content as it was; the default cache (``output/caption_cache.jsonl``) is kept either way.
     """
+    from rmkit.data.staging import check_foreign, check_output_vs_inputs
+    from rmkit.utils.lock import lock_output
+
     settings = settings or CaptionSettings()
     src, out = Path(dataset), Path(output)
     unknown = [s for s in settings.splits if s not in SPLITS]
     if unknown:
         raise RmkitError(f"unknown split '{unknown[0]}'", hint="splits are train, val, test")
-    if src.resolve() == out.resolve():
-        raise RmkitError(
-            "caption output must be another folder than the dataset",
-            hint="e.g. --output DATASET-captioned",
-        )
+    check_output_vs_inputs(out, [src])
+    check_foreign(out, CAPTION_FILES, "rmkit build-data caption")
+    with lock_output(out, what="caption output"):
+        return _caption_locked(src, out.resolve(), backend, model, settings, cache_path)
+
+
+def _caption_locked(
+    src: Path,
+    out: Path,
+    backend: Any,
+    model: str,
+    settings: CaptionSettings,
+    cache_path: str | Path | None,
+) -> dict[str, Any]:
+    from rmkit.data.staging import staged
+
     files = _split_files(src, settings.splits)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "manifest.json").unlink(missing_ok=True)
     refs = collect_images(src, settings.splits)
     cache = CaptionCache(cache_path or out / CACHE_FILE)
     try:
@@ -285,30 +304,31 @@ def caption_dataset(
         }
     finally:
         cache.close()
-    outputs, per_split = {}, {}
-    for split in SPLITS:
-        path = dict(files).get(split)
-        written, skipped, sha = _write_split(
-            path, out / f"{split}.jsonl", captions, model, settings.keep_text
-        )
-        outputs[f"{split}.jsonl"] = {"records": written, "sha256": sha}
-        per_split[split] = {"records": written, "without_images": skipped}
-    with atomic_open(out / "captions.jsonl", "wb") as fh:
-        for ref, sha in sorted(refs.items()):
-            fh.write(dumps_line({"image": ref, "sha256": sha, "caption": captions[ref]}))
-    manifest = {
-        "rmkit_version": __version__,
-        "kind": "captions",
-        "source": str(src),
-        "source_manifest": read_json(src / "manifest.json").get("outputs", {}),
-        "model": model,
-        "settings": {k: v for k, v in asdict(settings).items() if k not in ("chunk_size",)},
-        "images": counts,
-        "counts": per_split,
-        "cache": str(cache.path),
-        "outputs": outputs,
-    }
-    write_json_atomic(out / "manifest.json", manifest)
+    with staged(out, keep=[CACHE_FILE]) as stage:
+        outputs, per_split = {}, {}
+        for split in SPLITS:
+            path = dict(files).get(split)
+            written, skipped, sha = _write_split(
+                path, stage / f"{split}.jsonl", captions, model, settings.keep_text
+            )
+            outputs[f"{split}.jsonl"] = {"records": written, "sha256": sha}
+            per_split[split] = {"records": written, "without_images": skipped}
+        with atomic_open(stage / "captions.jsonl", "wb") as fh:
+            for ref, sha in sorted(refs.items()):
+                fh.write(dumps_line({"image": ref, "sha256": sha, "caption": captions[ref]}))
+        manifest = {
+            "rmkit_version": __version__,
+            "kind": "captions",
+            "source": str(src),
+            "source_manifest": read_json(src / "manifest.json").get("outputs", {}),
+            "model": model,
+            "settings": {k: v for k, v in asdict(settings).items() if k not in ("chunk_size",)},
+            "images": counts,
+            "counts": per_split,
+            "cache": str(cache.path),
+            "outputs": outputs,
+        }
+        write_json_atomic(stage / "manifest.json", manifest)
     log.info("wrote %s: %s", out, {s: c["records"] for s, c in per_split.items()})
     return manifest
 

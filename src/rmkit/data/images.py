@@ -36,6 +36,8 @@ from typing import Any
 from rmkit.utils.io import TMP_PREFIX
 
 IMAGE_DIR = "images"
+# written by rmkit distill beside its traces: the folders their image paths point into
+IMAGE_ROOTS_FILE = "image_roots.json"
 EXTENSIONS = {
     "PNG": "png",
     "JPEG": "jpg",

@@ -15,7 +15,8 @@ sample. Which records are taken is a seeded sample without replacement (selectio
 one pass, constant memory); the output interleaves the parts in a seeded random order while
 each part's records keep their relative order. Records are validated; an id that appears twice
 in a mix is an error. Image files that mixed records refer to are copied (hard-linked where
-possible) into ``OUT/images`` so the mix is self-contained. ``manifest.json`` is written last.
+possible) into ``OUT/images`` so the mix is self-contained. The folder is written into a staging
+folder and swapped in as a whole (:mod:`rmkit.data.staging`).
 """
 
 from __future__ import annotations
@@ -33,11 +34,13 @@ from typing import Any
 import orjson
 
 from rmkit import __version__
-from rmkit.data.images import ImageStore, record_image_refs, write_file_atomic
+from rmkit.data.images import record_image_refs, write_file_atomic
 from rmkit.data.manifest import verify_manifest
 from rmkit.data.records import record_problem
+from rmkit.data.staging import staged
 from rmkit.errors import DataError, RmkitError
 from rmkit.utils.io import HashingWriter, atomic_open, dumps_line, write_json_atomic
+from rmkit.utils.lock import lock_output
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
@@ -219,6 +222,9 @@ class _Mixer:
         self.images.add(ref)
 
 
+MIX_FILES = frozenset({*(f"{s}.jsonl" for s in SPLITS), "manifest.json", "images"})
+
+
 def mix_datasets(
     parts: list[tuple[str | Path, float]],
     output: str | Path,
@@ -229,7 +235,13 @@ def mix_datasets(
     splits: list[str] | None = None,
     repeat: bool = False,
 ) -> dict[str, Any]:
-    """Mix ``parts`` (``(path, weight or count)``) into ``output``; returns the manifest."""
+    """Mix ``parts`` (``(path, weight or count)``) into ``output``; returns the manifest.
+
+    The output folder is written as a whole (:mod:`rmkit.data.staging`): a failed or killed
+    mix leaves the previous content as it was.
+    """
+    from rmkit.data.staging import check_foreign, check_output_vs_inputs
+
     if len(parts) < 2:
         raise RmkitError("a mix needs at least two parts", hint="repeat --part PATH=NUMBER")
     resolved = [(Path(p), float(a)) for p, a in parts]
@@ -239,23 +251,37 @@ def mix_datasets(
     out = Path(output)
     if len(parts) > 255:
         raise RmkitError("a mix takes at most 255 parts")
-    if any(out.resolve() == (p if p.is_dir() else p.parent).resolve() for p, _ in resolved):
-        raise RmkitError("the mix output must be a new folder, not one of its parts")
+    check_output_vs_inputs(out, [p for p, _ in resolved])
     chosen = (
         list(splits) if splits else (list(SPLITS) if by == "ratio" and total is None else ["train"])
     )
     bad = [s for s in chosen if s not in SPLITS]
     if bad:
         raise RmkitError(f"unknown split '{bad[0]}'", hint="splits are train, val, test")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "manifest.json").unlink(missing_ok=True)
-    mixer = _Mixer(resolved, out, seed)
+    check_foreign(out, MIX_FILES, "rmkit build-data mix")
+    with lock_output(out, what="mix output"), staged(out.resolve()) as stage:
+        manifest = _mix_into(stage, resolved, chosen, seed, by, total, repeat)
+    log.info("wrote %s: %s", out, {k: v["records"] for k, v in manifest["outputs"].items()})
+    return manifest
+
+
+def _mix_into(
+    stage: Path,
+    resolved: list[tuple[Path, float]],
+    chosen: list[str],
+    seed: int,
+    by: str,
+    total: int | None,
+    repeat: bool,
+) -> dict[str, Any]:
+    """Write the mix and its manifest into the (empty) staging folder ``stage``."""
+    mixer = _Mixer(resolved, stage, seed)
     per_split, outputs = {}, {}
     for split in SPLITS:
         if split in chosen:
             info = mixer.run_split(split, by, total, repeat)
         else:
-            with atomic_open(out / f"{split}.jsonl", "wb"):
+            with atomic_open(stage / f"{split}.jsonl", "wb"):
                 pass
             info = {
                 "available": None,
@@ -265,8 +291,6 @@ def mix_datasets(
             }
         per_split[split] = info
         outputs[f"{split}.jsonl"] = {"records": info["records"], "sha256": info["sha256"]}
-    if (out / "images").is_dir():  # files of an earlier mix into this folder
-        ImageStore(out).prune(mixer.images)
     manifest = {
         "rmkit_version": __version__,
         "kind": "mix",
@@ -289,6 +313,5 @@ def mix_datasets(
         "outputs": outputs,
         "images": {"files": len(mixer.images)},
     }
-    write_json_atomic(out / "manifest.json", manifest)
-    log.info("wrote %s: %s", out, {s: per_split[s]["records"] for s in SPLITS})
+    write_json_atomic(stage / "manifest.json", manifest)
     return manifest

@@ -30,12 +30,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from rmkit.data.images import IMAGE_ROOTS_FILE
+from rmkit.data.staging import check_output_vs_inputs
 from rmkit.distill import select as S
 from rmkit.distill.config import DistillConfig
 from rmkit.distill.inputs import input_file
@@ -132,6 +135,10 @@ class Distiller:
     def run(self) -> dict[str, Any]:
         """Process every record not yet done; write and return the summary."""
         t0 = time.monotonic()
+        inputs = [self.cfg.input, self.src_file]
+        if self.cfg.mode == "cmkd":
+            inputs.append(self.cfg.cmkd.image_records)
+        check_output_vs_inputs(self.out, [str(p) for p in inputs if p])
         items, self.cmkd_root = load_items(self.cfg, self.tpl, self.src_file)
         outputs = ("traces", "rejects")
         if self.cfg.mode == "rejection-sampling":
@@ -140,6 +147,7 @@ class Distiller:
             outputs += ("hard",)
         with RunState(self.out, fingerprint(self.cfg), outputs, restart=self.restart) as state:
             self.state = state
+            self._record_image_roots()
             pending = [it for it in items if it.id not in state.done]
             log.info(
                 "distill (%s): %d record(s), %d already done, %d to go; %d sample(s) each%s "
@@ -170,6 +178,14 @@ class Distiller:
                 write_json_atomic(self.out / SUMMARY_FILE, summary)
                 self.close()
         return summary
+
+    def _record_image_roots(self) -> None:
+        """Write ``image_roots.json``: the folders this run read images from, relative to the
+        output folder. Trace image paths point back into them, and ``rmkit train`` confines
+        trace images to them (and the traces' own folder)."""
+        roots = [r for r in (self.image_root, self.cmkd_root) if r is not None]
+        rel = [os.path.relpath(r.absolute(), self.out.absolute()) for r in roots]
+        write_json_atomic(self.out / IMAGE_ROOTS_FILE, {"image_roots": list(dict.fromkeys(rel))})
 
     def _process(self, pending: list[Item]) -> None:
         from rmkit.utils.console import Progress

@@ -29,7 +29,10 @@ GENERATION_TASKS = ("image_generation", "video_generation")
 
 
 def input_file(path: str | os.PathLike, split: str = "train") -> Path:
-    """The records file: ``path`` itself, or ``path/<split>.jsonl`` for a build-data folder."""
+    """The records file: ``path`` itself, or ``path/<split>.jsonl`` for a build-data folder,
+    checked against the folder's ``manifest.json`` (SECURITY-REVIEW L3)."""
+    from rmkit.data.manifest import verify_manifest
+
     p = Path(path).expanduser()
     if p.is_dir():
         f = p / f"{split}.jsonl"
@@ -41,6 +44,7 @@ def input_file(path: str | os.PathLike, split: str = "train") -> Path:
                 if found
                 else "point --input at a records .jsonl file or a build-data output folder",
             )
+        verify_manifest(p, [f.name])
         return f
     if not p.is_file():
         raise RmkitError(f"input not found: {p}", hint="build records with `rmkit build-data`")

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rmkit.data.staging import check_output_vs_inputs
 from rmkit.errors import RmkitError
 from rmkit.eval.config import EvalConfig
 from rmkit.eval.items import EvalItem
@@ -252,6 +253,8 @@ def run_eval(cfg: EvalConfig, backend: Any = None) -> dict[str, Any]:
     ``cfg.judge`` when None (and closed at the end).
     """
     out = Path(cfg.output).expanduser()
+    # never write into (or around) the data being judged (SECURITY-REVIEW L4)
+    check_output_vs_inputs(out, [cfg.data] if cfg.data else [])
     # one run writes a folder at a time (SECURITY-REVIEW M6): a second one stops here
     with lock_output(out, what="eval output"):
         return _run_eval(cfg, out, backend)

@@ -16,13 +16,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rmkit.errors import RmkitError
+from rmkit.data.images import IMAGE_ROOTS_FILE  # written by rmkit distill beside its traces
+from rmkit.errors import DataError, RmkitError
 
 log = logging.getLogger(__name__)
 
 
 def records_file(path: str, split: str) -> Path:
-    """The JSONL file for ``path``: the file itself, or ``<folder>/<split>.jsonl``."""
+    """The JSONL file for ``path``: the file itself, or ``<folder>/<split>.jsonl`` checked
+    against the folder's ``manifest.json`` (:func:`rmkit.data.manifest.verify_manifest`: a
+    folder must be a complete build whose split file was not changed since; SECURITY-REVIEW L3).
+    """
+    from rmkit.data.manifest import verify_manifest
+
     p = Path(path)
     if p.is_dir():
         f = p / f"{split}.jsonl"
@@ -34,6 +40,7 @@ def records_file(path: str, split: str) -> Path:
                 if found
                 else "point data.path at a records .jsonl file or a build-data output folder",
             )
+        verify_manifest(p, [f.name])
         return f
     if not p.is_file():
         raise RmkitError(
@@ -43,28 +50,127 @@ def records_file(path: str, split: str) -> Path:
     return p
 
 
-def load_training_records(path: str, split: str, stage: str) -> tuple[list[dict], Path]:
-    """Validated records (trace records for SFT, preference records for RL) and their file."""
-    from rmkit.data.records import load_records
+def image_roots(records_path: Path, image_root: str | Path | None = None) -> list[Path]:
+    """The folders training images may come from, in the order relative paths are tried:
+    ``data.image_root`` (when set), the records file's folder, and the roots ``rmkit distill``
+    recorded in ``image_roots.json`` beside its traces (paths relative to that folder)."""
+    folder = records_path.parent
+    roots = [Path(image_root)] if image_root else []
+    roots.append(folder)
+    recorded = folder / IMAGE_ROOTS_FILE
+    if recorded.is_file():
+        from rmkit.utils.io import read_json
+
+        obj = read_json(recorded) if recorded.stat().st_size else None
+        entries = obj.get("image_roots") if isinstance(obj, dict) else None
+        if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+            raise RmkitError(
+                f'{recorded}: expected {{"image_roots": [folder, ...]}}',
+                hint="rmkit distill writes this file; rerun the distill or remove the file",
+            )
+        roots += [folder / e for e in entries]
+    return list(dict.fromkeys(roots))
+
+
+def load_training_records(
+    path: str, split: str, stage: str, image_root: str | Path | None = None
+) -> tuple[list[dict], Path]:
+    """Validated records (trace records for SFT, preference records for RL) and their file.
+
+    Every local image reference is confined to :func:`image_roots` by the build-data rule and
+    replaced by the real path it resolves to; a reference that leaves the roots stops here,
+    naming the file, line, record and path.
+    """
+    from rmkit.data.records import record_problem, trace_problem
+    from rmkit.utils.io import iter_jsonl
 
     f = records_file(path, split)
-    records = load_records(f, "trace" if stage == "sft" else "record")
+    roots = image_roots(f, image_root)
+    kind = "trace" if stage == "sft" else "preference"
+    check = trace_problem if stage == "sft" else record_problem
+    records = []
+    for lineno, obj in iter_jsonl(f):
+        problem = check(obj)
+        if problem:
+            raise DataError(str(f), lineno, problem[0], f"expected {problem[1]}")
+        records.append(confine_images(obj, roots, f"{f}:{lineno}"))
     if not records:
         raise RmkitError(f"{f}: no records", hint="build data with `rmkit build-data` first")
-    log.info("%d %s records from %s", len(records), "trace" if stage == "sft" else "preference", f)
+    log.info("%d %s records from %s", len(records), kind, f)
     return records, f
 
 
-def resolve_messages(messages: list[dict], image_root: Path | None) -> list[dict]:
-    """Trace messages for the model: image parts made absolute, caption parts made text.
+def confine_images(record: dict[str, Any], roots: list[Path], where: str) -> dict[str, Any]:
+    """``record`` with every local image reference (``images``, image parts of ``prompt`` and
+    ``messages``, generation candidates) replaced by its real path inside ``roots``."""
+    from rmkit.data.images import confine_record_images
 
-    A URL image reference (``file://`` included) is refused: trace images are paths. Paths are
-    not confined to ``image_root``: traces written by ``rmkit distill`` point back into the
-    dataset the distill read (``../data/images/...``); see docs/records.md.
+    refs = list(record_image_refs_all(record))
+    found = confine_record_images({"id": record.get("id"), "images": refs}, roots, where)
+    if not found:
+        return record
+
+    def real(ref: Any) -> Any:
+        return found.get(ref, ref) if isinstance(ref, str) else ref
+
+    out = dict(record)
+    if isinstance(record.get("images"), list):
+        out["images"] = [real(r) for r in record["images"]]
+    for key in ("prompt", "messages"):
+        if isinstance(record.get(key), list):
+            out[key] = [_real_parts(m, real) for m in record[key]]
+    if _image_candidates(record):
+        out["candidates"] = [real(c) for c in record["candidates"]]
+    return out
+
+
+def record_image_refs_all(record: dict[str, Any]) -> list[str]:
+    """Every image reference of a preference or trace record (``messages`` included)."""
+    from rmkit.data.images import record_image_refs
+
+    refs = record_image_refs(record)
+    for m in record.get("messages") or []:
+        refs += [p["image"] for p in _image_parts(m) if isinstance(p.get("image"), str)]
+    return list(dict.fromkeys(refs))
+
+
+def _image_parts(message: Any) -> list[dict]:
+    content = message.get("content") if isinstance(message, dict) else None
+    if not isinstance(content, list):
+        return []
+    return [p for p in content if isinstance(p, dict) and p.get("type") == "image"]
+
+
+def _real_parts(message: Any, real: Any) -> Any:
+    if not _image_parts(message):
+        return message
+    content = [
+        {**p, "image": real(p.get("image"))}
+        if isinstance(p, dict) and p.get("type") == "image"
+        else p
+        for p in message["content"]
+    ]
+    return {**message, "content": content}
+
+
+def _image_candidates(record: dict[str, Any]) -> bool:
+    from rmkit.data.images import GENERATION_TASKS
+
+    meta = record.get("meta") or {}
+    return record.get("task") in GENERATION_TASKS and not meta.get("caption_substituted")
+
+
+def resolve_messages(messages: list[dict], roots: Path | list[Path] | None) -> list[dict]:
+    """Trace messages for the model: image parts as real paths, caption parts made text.
+
+    Each image reference (other than an inline ``data:`` URL) must resolve inside ``roots``
+    by the build-data rule (:func:`rmkit.data.images.resolve_in_roots`: no URL or ``file://``,
+    no absolute path, ``..`` or symlink leading outside; see docs/records.md).
     """
     from rmkit.data.images import ImageError, resolve_in_roots
     from rmkit.prompts import caption_block
 
+    allowed = [roots] if isinstance(roots, Path) else list(roots or [])
     out = []
     for msg in messages:
         content = msg["content"]
@@ -73,13 +179,11 @@ def resolve_messages(messages: list[dict], image_root: Path | None) -> list[dict
             for part in content:
                 if part["type"] == "image":
                     ref = part["image"]
-                    if isinstance(ref, str) and "://" in ref:
+                    if not (isinstance(ref, str) and ref.startswith("data:")):
                         try:
-                            resolve_in_roots(ref, [image_root or Path(".")], "messages")
+                            ref = str(resolve_in_roots(ref, allowed, "messages"))
                         except ImageError as e:
                             raise RmkitError(e.message, hint=e.hint) from None
-                    if image_root is not None and not Path(ref).is_absolute():
-                        ref = str(image_root / ref)
                     parts.append({"type": "image", "image": ref})
                 elif part["type"] == "caption":
                     parts.append({"type": "text", "text": caption_block(part["text"])})

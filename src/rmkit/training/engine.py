@@ -45,6 +45,7 @@ class Run:
     fsdp: list = field(default_factory=list)  # FSDP2 modules of the model, root first
     resumed_from: Path | None = None  # the checkpoint this run resumed from
     resume_state: dict[str, Any] = field(default_factory=dict)  # its state.json
+    image_roots: list[Path] = field(default_factory=list)  # where record images may come from
 
     @property
     def rank(self) -> int:
@@ -190,7 +191,7 @@ def setup_run(cfg, resume: bool, select=None) -> Run:
 
     from rmkit.generation.config import redact_secrets
     from rmkit.training.checkpoint import latest_checkpoint, load_checkpoint
-    from rmkit.training.data import DataOrder, load_training_records, total_steps
+    from rmkit.training.data import DataOrder, image_roots, load_training_records, total_steps
     from rmkit.training.metrics import MetricsLogger
     from rmkit.training.model import build_policy, build_reference, disable_dropout
     from rmkit.training.optim import build_optimizer, build_scheduler
@@ -213,7 +214,9 @@ def setup_run(cfg, resume: bool, select=None) -> Run:
     accel.wait_for_everyone()
     from rmkit.training.rollout import image_root_for
 
-    records, path = load_training_records(cfg.data.path, cfg.data.split, cfg.stage)
+    records, path = load_training_records(
+        cfg.data.path, cfg.data.split, cfg.stage, cfg.data.image_root
+    )
     image_root = image_root_for(cfg, path)
     set_seed(cfg.seed)
     loaded = build_policy(cfg)
@@ -258,6 +261,7 @@ def setup_run(cfg, resume: bool, select=None) -> Run:
         cfg, accel, loaded, model, optimizer, scheduler, order, records,
         image_root, out, steps, logger, step, reference,
         fsdp=fsdp, resumed_from=ckpt, resume_state=state,
+        image_roots=image_roots(path, cfg.data.image_root),
     )  # fmt: skip
     run.extras["output_lock"] = output_lock
     return run

@@ -34,12 +34,12 @@ def setup_eval(run) -> None:
             hint="remove eval.every_steps and evaluate the final output with rmkit eval, or use "
             "ZeRO-2 / FSDP",
         )
-    from rmkit.data.records import load_records
     from rmkit.prompts import get_template
-    from rmkit.training.data import records_file
+    from rmkit.training.data import load_training_records
 
-    f = records_file(ev.path or cfg.data.path, ev.split)
-    records = [r for r in load_records(f) if r.get("label") is not None][: ev.max_records]
+    # image references confined as for the training records (SECURITY-REVIEW M5)
+    loaded, f = load_training_records(ev.path or cfg.data.path, ev.split, "rl", cfg.data.image_root)
+    records = [r for r in loaded if r.get("label") is not None][: ev.max_records]
     run.extras["eval_records"] = records
     run.extras["eval_root"] = Path(cfg.data.image_root) if cfg.data.image_root else f.parent
     run.extras.setdefault("template", get_template(cfg.data.template))

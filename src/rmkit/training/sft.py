@@ -37,7 +37,9 @@ def encode_example(run: Run, record: dict) -> dict:
     from rmkit.models.chat import SEQUENCE_KEYS, encode_sft
     from rmkit.training.data import resolve_messages
 
-    ex = encode_sft(run.loaded, resolve_messages(record["messages"], run.image_root))
+    ex = encode_sft(
+        run.loaded, resolve_messages(record["messages"], run.image_roots or [run.image_root])
+    )
     limit = run.cfg.data.max_seq_tokens
     if len(ex["input_ids"]) > limit:
         prompt_len = int((ex["labels"] == IGNORE).long().cumprod(0).sum())

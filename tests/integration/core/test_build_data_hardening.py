@@ -11,6 +11,7 @@ import pytest
 
 from rmkit.cli.main import main
 from rmkit.data import build as build_mod
+from rmkit.data import staging as staging_mod
 from rmkit.data.manifest import dataset_file, verify_manifest
 from rmkit.data.readers import iter_rows
 from rmkit.errors import RmkitError
@@ -211,7 +212,7 @@ def test_a_build_killed_during_commit_leaves_the_previous_build_intact(
     if where == "before-manifest":  # split files written, manifest not yet
         monkeypatch.setattr(build_mod, "write_json_atomic", die)
     else:  # everything staged, killed at the swap
-        monkeypatch.setattr(build_mod, "exchange_dirs", die)
+        monkeypatch.setattr(staging_mod, "exchange_dirs", die)
     data = write_jsonl(tmp_path / "new" / "d.jsonl", [hh(i + 1000) for i in range(30)])
     with pytest.raises(Killed):
         build_mod.build_data(
@@ -230,7 +231,7 @@ def test_a_build_killed_during_commit_leaves_the_previous_build_intact(
 def test_commit_without_atomic_exchange_still_replaces_the_whole_folder(tmp_path, monkeypatch):
     out = tmp_path / "out"
     _build(tmp_path, 40, out)
-    monkeypatch.setattr(build_mod, "exchange_dirs", lambda a, b: False)
+    monkeypatch.setattr(staging_mod, "exchange_dirs", lambda a, b: False)
     _build(tmp_path, 12, out)
     assert sum(manifest(out)["counts"]["total"].values()) == 12
     verify_manifest(out)

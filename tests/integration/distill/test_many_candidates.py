@@ -47,7 +47,7 @@ def test_distill_and_eval_with_27_candidates(tmp_path):
         assert len(traces) == 2
         prompt = last_user_text(srv.chat_requests()[0].body)
         assert "[Response 27]" in prompt and '"27"' in prompt
-        args = ["eval", "--benchmark", "records", "--data", tmp_path / "data", "--split", "train"]
+        args = ["eval", "--benchmark", "records", "--data", src]  # a file: no manifest needed
         args += ["--base-url", srv.url, "--api-model", "test-model", "--output", tmp_path / "e"]
         assert run_cli(args) == 0
     metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -154,6 +155,11 @@ def test_records_split_of_a_built_dataset(tmp_path):
     ]
     write_records(root / "test.jsonl", recs)
     write_records(root / "train.jsonl", recs[:1])
+    outputs = {  # a built dataset: readers check its split files against the manifest
+        f: {"sha256": hashlib.sha256((root / f).read_bytes()).hexdigest()}
+        for f in ("test.jsonl", "train.jsonl")
+    }
+    (root / "manifest.json").write_text(json.dumps({"outputs": outputs}))
     cfg = EvalConfig(
         benchmark="records", data=str(root), output=str(tmp_path / "o"), judge={"model": "s"}
     )

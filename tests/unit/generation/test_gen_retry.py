@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import random
+import re
+
+import pytest
 
 from rmkit.generation import retry as rp
 from rmkit.generation.media import bytes_to_data_url, extension_for, sniff_mime
@@ -52,6 +55,19 @@ def test_mime_sniffing():
     assert sniff_mime(b"\x89PNG\r\n\x1a\n....") == "image/png"
     assert sniff_mime(b"\xff\xd8\xff\xe0....") == "image/jpeg"
     assert sniff_mime(b"RIFF\x00\x00\x00\x00WEBPVP8 ") == "image/webp"
-    assert sniff_mime(b"????", "x.jpg") == "image/jpeg"
     assert bytes_to_data_url(b"GIF89a..").startswith("data:image/gif;base64,R0lGODlh")
     assert extension_for("image/jpeg") == ".jpg" and extension_for("image/png") == ".png"
+
+
+def test_mime_sniffing_ignores_the_extension(tmp_path):
+    """Bytes that are not a known image are refused whatever the name says (no fallback to
+    the extension: images are sent to APIs with a declared type)."""
+    from rmkit.errors import RmkitError
+    from rmkit.generation.media import image_to_data_url
+
+    with pytest.raises(RmkitError, match=r"not a recognised image format: x\.jpg"):
+        sniff_mime(b"????", "x.jpg")
+    fake = tmp_path / "secret.png"
+    fake.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    with pytest.raises(RmkitError, match=re.escape(f"not a recognised image format: {fake}")):
+        image_to_data_url(fake)

@@ -81,16 +81,23 @@ def test_resolve_messages(tmp_path):
         ]},
         {"role": "assistant", "content": "<answer>1</answer>"},
     ]  # fmt: skip
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     out = resolve_messages(msgs, tmp_path)
     parts = out[0]["content"]
-    assert parts[0] == {"type": "image", "image": str(tmp_path / "img" / "a.png")}
+    assert parts[0] == {"type": "image", "image": str((tmp_path / "img" / "a.png").resolve())}
     assert parts[1] == {"type": "text", "text": "[Image description: a red square]"}
     assert out[1] == msgs[1]
     assert msgs[0]["content"][0]["image"] == "img/a.png"  # input untouched
 
 
 def test_records_file(tmp_path):
+    import hashlib
+    import json
+
     (tmp_path / "train.jsonl").write_text("")
+    empty = {"records": 0, "sha256": hashlib.sha256(b"").hexdigest()}
+    (tmp_path / "manifest.json").write_text(json.dumps({"outputs": {"train.jsonl": empty}}))
     assert records_file(str(tmp_path), "train") == tmp_path / "train.jsonl"
     with pytest.raises(RmkitError, match="no val.jsonl") as e:
         records_file(str(tmp_path), "val")

@@ -21,11 +21,15 @@ from rmkit.eval.tables import ImageStore, LoadContext, log_loaded
 
 
 def records_file(data: Path, split: str | None) -> Path:
-    """The JSONL file to read: ``data`` itself, or ``<data>/<split>.jsonl``."""
+    """The JSONL file to read: ``data`` itself, or ``<data>/<split>.jsonl`` checked against the
+    folder's ``manifest.json`` (SECURITY-REVIEW L3)."""
+    from rmkit.data.manifest import verify_manifest
+
     if data.is_file():
         return data
     name = f"{split or 'test'}.jsonl"
     if (data / name).is_file():
+        verify_manifest(data, [name])
         return data / name
     found = sorted(p.name for p in data.glob("*.jsonl")) if data.is_dir() else []
     raise RmkitError(
