@@ -91,9 +91,9 @@ class RolloutQueue:
         p = self.pending.pop(t)
         per_prompt, gen_s = p.wait()
         records = [run.records[i] for i in p.indices]
-        orders, convs, params = render_rollout(run, records, p.epoch, t)
+        records, orders, convs, params = render_rollout(run, records, p.epoch, t)
         per_prompt, stats = run.engine.checked(run, convs, per_prompt, gen_s, p.version)
-        return assemble_rollout(records, orders, convs, per_prompt, stats, params.n), sync
+        return assemble_rollout(run, records, orders, convs, per_prompt, stats, params.n), sync
 
     def _submit(self, step: int, version: int) -> None:
         from rmkit.training.data import shard
@@ -102,7 +102,7 @@ class RolloutQueue:
         run = self.run
         epoch, batch = run.order.next_batch()
         indices = list(shard(batch, run.rank, run.world))
-        _, convs, params = render_rollout(run, [run.records[i] for i in indices], epoch, step)
+        _, _, convs, params = render_rollout(run, [run.records[i] for i in indices], epoch, step)
         future = run.engine.submit(convs, params, version)
         self.pending[step] = _Pending(step, epoch, indices, version, future)
 

@@ -229,6 +229,12 @@ class RLSection(StrictModel):
         "sampler's exact distribution (repetition penalty, T, top-k, top-p)",
     )
     max_new_tokens: int = Field(256, gt=0)
+    mirror_orders: bool = Field(
+        False,
+        description="half of each prompt's completions see the candidates in its seeded order, "
+        "half in the reverse order (one group): a verdict that follows the position instead of "
+        "the content earns unequal rewards within its group",
+    )
     clip_low: float | None = Field(None, ge=0, lt=1)
     clip_high: float | None = Field(None, ge=0)
     preclip: bool | None = Field(None, description="clamp the log-ratio before exp")
@@ -408,6 +414,11 @@ class TrainConfig(StrictModel):
             raise ValueError(
                 f"{rl.algorithm} compares completions of the same prompt: set "
                 "batch.completions_per_prompt to 2 or more (the papers use 8)"
+            )
+        if rl.mirror_orders and b.completions_per_prompt % 2:
+            raise ValueError(
+                "rl.mirror_orders splits each prompt's completions between two candidate orders: "
+                f"batch.completions_per_prompt must be even (got {b.completions_per_prompt})"
             )
         world = world_size()
         if b.prompts_per_step % world:

@@ -274,7 +274,7 @@ def _step_metrics(
     local += [acc.loss, acc.tokens, acc.clip, acc.preclip, acc.kl, float(sum(lengths)), float(cut)]
     local += [float(seq_tokens), acc.gap_sum, acc.gap_tokens]
     local += [v for row in acc.per_update for v in row]
-    local += zero_variance_groups(totals, ro.group)  # the last two sums
+    local += zero_variance_groups(totals, ro.record_group)  # the last two sums
     s = all_sum(accel, local)
     timing = [ro.stats.get(k, 0.0) for k in ROLLOUT_TIMES]
     ratio_max, gap_max, *rest = all_max(
@@ -296,7 +296,7 @@ def _step_metrics(
         m["policy/kl"] = s[base + 4] / max(tokens, 1.0)
     m["policy/ratio_max"] = ratio_max
     m["response/length"] = s[base + 5] / n
-    if ro.group > 1:  # share of prompt groups (all processes) with no reward variance
+    if ro.record_group > 1:  # share of prompt groups (all processes) with no reward variance
         m["rl/zero_variance_groups"] = _ratio(s[-2:])
     m["response/truncated_frac"] = s[base + 6] / n
     m["lr"] = acc.lr

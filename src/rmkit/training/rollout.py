@@ -2,8 +2,9 @@
 
 Rollout: every prompt of this process's share of the step is rendered with the judge template
 in a seeded random candidate order (one order per prompt, shared by its completions so the
-group compares like with like), and all completions of the step are generated together, in as
-few ``generate`` calls as the rollout batch size allows, by the policy itself in eval mode.
+group compares like with like; with ``rl.mirror_orders`` half the group sees that order and
+half its reverse), and all completions of the step are generated together, in as few
+``generate`` calls as the rollout batch size allows, by the policy itself in eval mode.
 
 Scoring: each completion becomes a :class:`rmkit.rewards.RewardSample` (verdict parsed, label
 mapped to the shown position) and the composed rewards score the whole batch at once.
@@ -19,14 +20,25 @@ from typing import Any
 
 @dataclass
 class Rollout:
-    """One step's completions on this process, ``group`` per prompt, stored prompt-major."""
+    """One step's completions on this process, ``group`` per rendered prompt, prompt-major.
 
-    records: list[dict[str, Any]]
+    A rendered prompt is a record in one candidate order. With ``rl.mirror_orders`` each record
+    is rendered twice (its order, then the reverse; ``views`` = 2), adjacent, so a record's
+    ``group * views`` completions are contiguous: one advantage group.
+    """
+
+    records: list[dict[str, Any]]  # one per rendered prompt
     orders: list[list[int]]
-    conversations: list[list[dict]]  # one per prompt
+    conversations: list[list[dict]]  # one per rendered prompt
     completions: list[Any]  # Completion objects, len = len(records) * group
     group: int
     stats: dict[str, float] = field(default_factory=dict)
+    views: int = 1
+
+    @property
+    def record_group(self) -> int:
+        """Completions per record: the unit of a group advantage."""
+        return self.group * self.views
 
     def sequence_conversations(self) -> list[list[dict]]:
         return [c for c in self.conversations for _ in range(self.group)]
@@ -42,20 +54,26 @@ def rollout_seed(seed: int, step: int, rank: int) -> int:
 
 
 def render_rollout(run, records: list[dict], epoch: int, step: int):
-    """``(orders, conversations, params)`` of step ``step``'s rollout: each record rendered with
-    the judge template in its seeded candidate order, sampled with the step's seed."""
+    """``(records, orders, conversations, params)`` of step ``step``'s rollout: each record
+    rendered with the judge template in its seeded candidate order (with ``rl.mirror_orders``
+    also in the reverse order, right after it, each view getting half the completions), sampled
+    with the step's seed. The records come back once per rendered prompt."""
     from rmkit.generation.base import SamplingParams
     from rmkit.prompts import render_judge_messages
     from rmkit.training.data import judge_order
 
     cfg = run.cfg
+    views = 2 if cfg.rl.mirror_orders else 1
     orders = [judge_order(r, cfg.seed, epoch) for r in records]
+    if views == 2:
+        records = [r for r in records for _ in range(2)]
+        orders = [o for order in orders for o in (order, order[::-1])]
     convs = [
         render_judge_messages(r, o, run.template, image_root=run.image_root)
         for r, o in zip(records, orders, strict=True)
     ]
     params = SamplingParams(
-        n=cfg.batch.completions_per_prompt,
+        n=cfg.batch.completions_per_prompt // views,
         temperature=cfg.rl.temperature,
         top_p=cfg.rl.top_p,
         max_new_tokens=cfg.rl.max_new_tokens,
@@ -63,18 +81,18 @@ def render_rollout(run, records: list[dict], epoch: int, step: int):
         top_k=cfg.rl.top_k,
         repetition_penalty=cfg.rl.repetition_penalty,
     )
-    return orders, convs, params
+    return records, orders, convs, params
 
 
 def make_rollout(run, records: list[dict], epoch: int) -> Rollout:
     """Render and generate ``cfg.batch.completions_per_prompt`` completions per record with
     the run's rollout engine (:mod:`rmkit.training.engines`), now."""
-    orders, convs, params = render_rollout(run, records, epoch, run.step)
+    records, orders, convs, params = render_rollout(run, records, epoch, run.step)
     per_prompt, stats = run.engine.generate(run, convs, params)
-    return assemble_rollout(records, orders, convs, per_prompt, stats, params.n)
+    return assemble_rollout(run, records, orders, convs, per_prompt, stats, params.n)
 
 
-def assemble_rollout(records, orders, convs, per_prompt, stats: dict, group: int) -> Rollout:
+def assemble_rollout(run, records, orders, convs, per_prompt, stats: dict, group: int) -> Rollout:
     """A :class:`Rollout` from an engine's completions (each must carry token ids)."""
     completions = [c for row in per_prompt for c in row]
     for c in completions:
@@ -84,7 +102,8 @@ def assemble_rollout(records, orders, convs, per_prompt, stats: dict, group: int
             raise RmkitError("the generation backend returned a completion without token ids")
     stats = dict(stats)
     stats["generated_tokens"] = sum(len(c.token_ids) for c in completions)
-    return Rollout(records, orders, convs, completions, group, stats)
+    views = 2 if run.cfg.rl.mirror_orders else 1
+    return Rollout(records, orders, convs, completions, group, stats, views)
 
 
 def rollout_dtype(name: str | None, model):
@@ -116,7 +135,7 @@ def score(run, ro: Rollout) -> tuple[list[float], Any, list]:
                 comp.text,
                 template=run.template,
                 n_tokens=len(comp.token_ids),
-                index=i % ro.group,
+                index=i % ro.record_group,
                 messages=ro.conversations[p],
             )
         )

@@ -29,7 +29,7 @@ def _step(totals: list[float], group: int) -> dict[str, float]:
     """``_step_metrics`` of a hand-built single-process step with these rewards."""
     n = len(totals)
     completion = SimpleNamespace(token_ids=[1, 2, 3], finish_reason="stop")
-    ro = SimpleNamespace(completions=[completion] * n, group=group, stats={})
+    ro = SimpleNamespace(completions=[completion] * n, group=group, record_group=group, stats={})
     rewards = SimpleNamespace(
         components={"accuracy": [float(t >= 2.0) for t in totals], "format": [1.0] * n}
     )

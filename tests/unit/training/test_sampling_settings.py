@@ -52,9 +52,11 @@ def test_rollout_params_carry_them():
     cfg = rl_cfg(top_k=50, top_p=0.9, repetition_penalty=1.1)
     run = SimpleNamespace(cfg=cfg, template=get_template("default"), image_root=None, rank=0)
     record = {"id": "a", "task": "text", "prompt": "Q?", "candidates": ["x", "y"], "images": []}
-    _, _, params = render_rollout(run, [record], 0, 0)
+    _, _, _, params = render_rollout(run, [record], 0, 0)
     assert (params.top_k, params.top_p, params.repetition_penalty) == (50, 0.9, 1.1)
-    _, _, plain = render_rollout(SimpleNamespace(**{**vars(run), "cfg": rl_cfg()}), [record], 0, 0)
+    _, _, _, plain = render_rollout(
+        SimpleNamespace(**{**vars(run), "cfg": rl_cfg()}), [record], 0, 0
+    )
     assert (plain.top_k, plain.repetition_penalty) == (0, 1.0)
 
 
