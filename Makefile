@@ -7,10 +7,11 @@ STAMP := $(VENV)/.rmkit-installed
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-slow test-vllm vllm lint bench clean-venv help
+.PHONY: demo demo-long test test-slow test-vllm vllm lint bench clean-venv help
 
 help:
 	@echo "make demo       run the quickstart on the embedded default model"
+	@echo "make demo-long  the quickstart with 200 GRPO steps instead of 40 (about 45 minutes)"
 	@echo "make test       run the test suite (bootstraps .venv)"
 	@echo "make test-slow  run the slow-marked tests too"
 	@echo "make vllm       build vLLM's CPU server in its own venv ($(VLLM_VENV))"
@@ -29,11 +30,16 @@ DEMO_OUT ?= runs/quickstart
 
 # The main job on the embedded default: the CPU quickstart pipeline (recipes/quickstart.yaml) on
 # SmolLM2-135M-Instruct (offline) with the bundled examples/quickstart data: build data, score
-# the untrained judge, SFT cold start, GRPO, score again, report. Re-running skips finished
+# the untrained judge, SFT cold start, score, GRPO, score again, report. Re-running skips finished
 # stages and resumes an interrupted one.
 demo: $(STAMP)
 	$(BIN)/rmkit run recipes/quickstart.yaml --output $(DEMO_OUT)
 	@echo "report: $(DEMO_OUT)/report.md"
+
+# The same pipeline with a five times longer RL stage (examples/quickstart/README.md).
+demo-long: $(STAMP)
+	$(BIN)/rmkit run recipes/quickstart.yaml --output $(DEMO_OUT)-long vars.rl_steps=200
+	@echo "report: $(DEMO_OUT)-long/report.md"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -14,7 +14,11 @@ evidence for each reply) from which a checkable reasoning trace is written.
 Outputs (``--output``, default ``examples/quickstart``):
 
 - ``train.jsonl``   training pool, ``rmkit build-data --format pairs`` rows
-- ``heldout.jsonl`` held-out pool from topics that never occur in the training pool
+- ``dev.jsonl``     dev pool (facts or topics that never occur in the training pool): every
+  setting is chosen on it
+- ``final.jsonl``   (facts) one pair per fact of the ``final`` banks, kept apart for the reported
+  evaluation only
+- ``transfer.jsonl`` (facts) pairs from a relation family that neither training nor dev has
 - ``traces.jsonl``  SFT trace records for the training pool: the judge prompt rendered with
   ``judge.jinja`` (candidate order balanced, seeded) and the target
   ``<think>Rule: ... Response 1: ... Response 2: ...</think><answer>K</answer>``
@@ -481,25 +485,61 @@ FACT_OPENERS = ["", "Quick question: ", "I was wondering: ", "Please answer brie
 
 
 def load_facts(path: Path, seed: int) -> dict[str, list[tuple[str, str, str]]]:
-    """``{"train": [...], "heldout": [...]}`` of ``(relation, key, value)``: each relation's keys
-    are shuffled (seeded) and split in half, so no held-out question occurs in training."""
+    """The fact pools, each a list of ``(relation, key, value)``; no (relation, key) is in two.
+
+    - ``train`` / ``dev``: each ordinary relation's ``facts`` keys, shuffled (seeded) and split in
+      half, so no dev question occurs in training.
+    - ``final``: each relation's ``final`` facts, a bank kept apart for the reported evaluation
+      (never used while choosing settings).
+    - ``transfer``: every fact of the relations marked ``transfer: true``, a relation family that
+      neither training nor dev contains.
+    """
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    out: dict[str, list[tuple[str, str, str]]] = {"train": [], "heldout": []}
+    out: dict[str, list[tuple[str, str, str]]] = {p: [] for p in POOLS}
     rng = random.Random(f"{seed}:facts")
     for rel in sorted(data):
-        keys = sorted(data[rel]["facts"])
+        spec = data[rel]
+        if spec.get("transfer"):
+            out["transfer"] += [(rel, k, str(spec["facts"][k])) for k in sorted(spec["facts"])]
+            continue
+        keys = sorted(spec["facts"])
         rng.shuffle(keys)
         half = len(keys) // 2
-        for pool, part in (("train", keys[:half]), ("heldout", keys[half:])):
-            out[pool] += [(rel, k, str(data[rel]["facts"][k])) for k in part]
+        for pool, part in (("train", keys[:half]), ("dev", keys[half:])):
+            out[pool] += [(rel, k, str(spec["facts"][k])) for k in part]
+        out["final"] += [(rel, k, str(v)) for k, v in sorted((spec.get("final") or {}).items())]
+    seen: dict[tuple[str, str], str] = {}
+    for pool in POOLS:
+        for rel, key, _ in out[pool]:
+            if (rel, key) in seen:
+                raise ValueError(f"{path}: {rel} '{key}' is in both the {seen[rel, key]} and "
+                                 f"the {pool} pool; every fact belongs to one pool")  # fmt: skip
+            seen[rel, key] = pool
     return out
+
+
+POOLS = ("train", "dev", "final", "transfer")
+
+
+def _fact_row(rng: random.Random, spec: dict, fact: tuple[str, str, str], bad: str, rid: str):
+    rel, key, value = fact
+    fill = {"key": key, "key_cap": key[:1].upper() + key[1:]}
+    true = sentence_case(spec["sentence"].format(value=value, **fill))
+    false = sentence_case(spec["sentence"].format(value=bad, **fill))
+    question = spec["question"].format(**fill)
+    prompt = rng.choice(FACT_OPENERS) + question
+    return {"id": rid, "prompt": prompt, "chosen": true, "rejected": false, "kind": "facts",
+            "rule": f"{rel}: {key}", "question": question, "cluster": f"{rel}:{key}",
+            "chosen_evidence": f"{value} is right", "rejected_evidence": f"{bad} is wrong",
+            "topic": rel}  # fmt: skip
 
 
 def make_fact_rows(
     rng: random.Random, bank: dict, facts: list[tuple[str, str, str]], n: int, tag: str
 ) -> list[dict]:
     """``n`` pairs: a question, the true statement (chosen) and a false one (rejected) whose
-    value is another key's value of the same relation; distinct (question, false value)."""
+    value is another key's value of the same relation; distinct (question, false value).
+    ``cluster`` names the fact (``relation:key``): pairs about one fact share it."""
     rows, seen, tries = [], set(), 0
     while len(rows) < n:
         tries += 1
@@ -512,16 +552,22 @@ def make_fact_rows(
         if (rel, key, bad) in seen:
             continue
         seen.add((rel, key, bad))
-        fill = {"key": key, "key_cap": key[:1].upper() + key[1:]}
-        true = sentence_case(spec["sentence"].format(value=value, **fill))
-        false = sentence_case(spec["sentence"].format(value=bad, **fill))
-        question = spec["question"].format(**fill)
-        prompt = rng.choice(FACT_OPENERS) + question
-        rows.append({"id": f"{tag}-{len(rows):04d}", "prompt": prompt, "chosen": true,
-                     "rejected": false, "kind": "facts", "rule": f"{rel}: {key}",
-                     "question": question,
-                     "chosen_evidence": f"{value} is right", "rejected_evidence":
-                     f"{bad} is wrong", "topic": rel})  # fmt: skip
+        rows.append(_fact_row(rng, spec, (rel, key, value), bad, f"{tag}-{len(rows):04d}"))
+    return rows
+
+
+def make_fact_rows_each(
+    rng: random.Random, bank: dict, facts: list[tuple[str, str, str]], per_fact: int, tag: str
+) -> list[dict]:
+    """``per_fact`` pairs for every fact, in order, each with a different false value drawn from
+    all the relation's values (its ``facts`` and ``final`` banks)."""
+    rows = []
+    for rel, key, value in facts:
+        spec = bank[rel]
+        values = {str(v) for part in ("facts", "final") for v in (spec.get(part) or {}).values()}
+        wrong = sorted(values - {value})
+        for bad in rng.sample(wrong, per_fact):
+            rows.append(_fact_row(rng, spec, (rel, key, value), bad, f"{tag}-{len(rows):04d}"))
     return rows
 
 
@@ -618,7 +664,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--train", type=int, default=800, help="pairs in the training pool")
-    ap.add_argument("--heldout", type=int, default=300, help="pairs in the held-out pool")
+    ap.add_argument("--dev", type=int, default=300, help="pairs in the dev pool")
+    ap.add_argument(
+        "--transfer-per-fact", type=int, default=2, help="pairs per fact of a transfer relation"
+    )
     ap.add_argument("--output", type=Path, default=ROOT / "examples" / "quickstart")
     ap.add_argument("--bank", type=Path, default=ROOT / "examples/quickstart/source/topics.yaml")
     ap.add_argument("--facts", type=Path, default=ROOT / "examples/quickstart/source/facts.yaml")
@@ -635,27 +684,35 @@ def main(argv: list[str] | None = None) -> int:
     if args.trace == "qa" and kinds != ["facts"]:
         ap.error("--trace qa restates the bare question: it needs --kinds facts")
     rng = random.Random(args.seed)
+    pools: dict[str, list[dict]] = {}
     if kinds == ["facts"]:
         bank = yaml.safe_load(args.facts.read_text(encoding="utf-8"))
         facts = load_facts(args.facts, args.seed)
-        train = make_fact_rows(rng, bank, facts["train"], args.train, "qs-train")
-        heldout = make_fact_rows(rng, bank, facts["heldout"], args.heldout, "qs-heldout")
-        topics = {"train": facts["train"], "heldout": facts["heldout"]}
+        pools["train"] = make_fact_rows(rng, bank, facts["train"], args.train, "qs-train")
+        pools["dev"] = make_fact_rows(rng, bank, facts["dev"], args.dev, "qs-dev")
+        pools["final"] = make_fact_rows_each(rng, bank, facts["final"], 1, "qs-final")
+        per = args.transfer_per_fact
+        pools["transfer"] = make_fact_rows_each(rng, bank, facts["transfer"], per, "qs-transfer")
+        clusters = {p: len({r["cluster"] for r in rows}) for p, rows in pools.items()}
     else:
         topics = load_topics(args.bank)
-        train = make_pool(rng, topics["train"], args.train, "qs-train", kinds)
-        heldout = make_pool(rng, topics["heldout"], args.heldout, "qs-heldout", kinds)
+        pools["train"] = make_pool(rng, topics["train"], args.train, "qs-train", kinds)
+        pools["dev"] = make_pool(rng, topics["heldout"], args.dev, "qs-dev", kinds)
+        clusters = {"train": len(topics["train"]), "dev": len(topics["heldout"])}
     args.output.mkdir(parents=True, exist_ok=True)
-    write_jsonl(args.output / "train.jsonl", train)
-    write_jsonl(args.output / "heldout.jsonl", heldout)
-    traces = make_traces(train, args.template, args.seed, args.trace)
+    for pool, rows in pools.items():
+        write_jsonl(args.output / f"{pool}.jsonl", rows)
+    traces = make_traces(pools["train"], args.template, args.seed, args.trace)
     write_jsonl(args.output / "traces.jsonl", traces)
-    counts = {k: sum(r["kind"] == k for r in train) for k in kinds}
+    counts = {k: sum(r["kind"] == k for r in pools["train"]) for k in kinds}
     write_json_atomic(args.output / "stats.json", {
-        "seed": args.seed, "trace": args.trace, "train": len(train), "heldout": len(heldout), "kinds": counts,
-        "train_topics": len(topics["train"]), "heldout_topics": len(topics["heldout"]),
+        "seed": args.seed, "trace": args.trace, "kinds": counts,
+        "transfer_per_fact": args.transfer_per_fact,
+        "pairs": {p: len(rows) for p, rows in pools.items()}, "clusters": clusters,
     })  # fmt: skip
-    print(f"wrote {len(train)} train, {len(heldout)} held-out pairs to {args.output}")
+    print(
+        "wrote " + ", ".join(f"{len(r)} {p}" for p, r in pools.items()) + f" pairs to {args.output}"
+    )
     return 0
 
 

@@ -38,7 +38,7 @@ def main() -> None:
         load_model(args.model, adapter=args.adapter) if args.adapter else load_model(args.model)
     )
     tpl = get_template(args.template)
-    rows = [json.loads(x) for x in (args.data / "heldout.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in (args.data / "dev.jsonl").read_text().splitlines()]
     rows = rows[: args.limit]
     tok = loaded.tokenizer
     result = {}

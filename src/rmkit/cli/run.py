@@ -121,8 +121,15 @@ def print_summary(summary: dict, run_dir: Path) -> None:
     con.print(f"summary: {run_dir / 'summary.json'}", soft_wrap=True, markup=False)
 
 
+def _verdict(low: float, high: float) -> str:
+    return (
+        "a significant gain" if low > 0 else "a significant drop" if high < 0 else "no clear change"
+    )
+
+
 def headline(summary: dict) -> str | None:
-    """One line with the before/after result of a run that has a report stage, else None."""
+    """One line with the result of a run that has a report stage, else None: before -> after,
+    or, when the report accounts for the stages, untrained -> SFT -> RL with each stage's gain."""
     keys = ("accuracy_before", "accuracy_after", "ci95_low", "ci95_high", "n_heldout")
     if any(summary.get(k) is None for k in keys):
         return None
@@ -131,12 +138,19 @@ def headline(summary: dict) -> str | None:
     clusters = (
         f" in {summary['n_clusters']} clusters" if summary.get("bootstrap") == "cluster" else ""
     )
-    verdict = (
-        "a significant gain" if lo > 0 else "a significant drop" if hi < 0 else "no clear change"
-    )
+    n = f"n={summary['n_heldout']}{clusters}"
+    if summary.get("accuracy_sft") is not None and summary.get("rl_gain") is not None:
+        parts = [f"held-out accuracy {a:.3f}"]
+        for name, acc, key in (("SFT", summary["accuracy_sft"], "sft_gain"), ("RL", b, "rl_gain")):
+            glo, ghi = summary[f"{key}_ci95_low"], summary[f"{key}_ci95_high"]
+            parts.append(
+                f"{name} {acc:.3f} ({100 * summary[key]:+.1f} points, 95% CI "
+                f"[{100 * glo:+.1f}, {100 * ghi:+.1f}]: {_verdict(glo, ghi)})"
+            )
+        return " -> ".join(parts) + f", {n}"
     return (
         f"held-out accuracy {a:.3f} -> {b:.3f} ({100 * (b - a):+.1f} points, 95% CI "
-        f"[{100 * lo:+.1f}, {100 * hi:+.1f}], n={summary['n_heldout']}{clusters}): {verdict}"
+        f"[{100 * lo:+.1f}, {100 * hi:+.1f}], {n}): {_verdict(lo, hi)}"
     )
 
 

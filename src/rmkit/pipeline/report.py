@@ -58,6 +58,18 @@ class ReportStageConfig(StrictModel):
         description="eval output folder of the judge after SFT, before RL (then `after` is the "
         "judge after RL): adds the stage-by-stage accounting untrained -> SFT -> RL",
     )
+    transfer: list[str] = Field(
+        default_factory=list,
+        description="eval output folders, in training order (untrained, [after SFT,] trained), of "
+        "a held-out set unlike the training data (e.g. an unseen relation family): reported as "
+        "its own stage-by-stage table and transfer_* keys",
+    )
+    split_name: str = Field(
+        "heldout",
+        pattern=r"^[a-z][a-z0-9_]*$",
+        description="name of the held-out split scored: results also carry n_<name> and "
+        "n_<name>_clusters",
+    )
     train: list[str] = Field(default_factory=list, description="train stage folders to plot")
     output: str = Field(description="set by the pipeline: the stage folder")
     publish: str | None = Field(None, description="also write report.md and figures here")
@@ -99,7 +111,10 @@ def train_summary(folder: Path) -> dict[str, Any]:
 
 
 def bar_figure(
-    path: Path, labels: list[str], accs: list[float], errors: dict[int, tuple[float, float]],
+    path: Path,
+    labels: list[str],
+    accs: list[float],
+    errors: dict[int, tuple[float, float]],
     title: str,
 ) -> None:
     """Accuracy bars (one per label) with a 95% interval ``(low, high)`` drawn on the bars named
@@ -130,43 +145,73 @@ def bar_figure(
     tmp.replace(path)
 
 
-def stagewise_results(cfg: ReportStageConfig) -> dict[str, Any] | None:
-    """The stage-by-stage accounting of before -> sft -> after (None without ``cfg.sft``):
-    the flat ``results.json`` keys and the table (``stagewise``)."""
+def stage_table(dirs: list[str], n_boot: int, seed: int) -> dict[str, Any]:
+    """The stage-by-stage table of eval runs in training order (untrained, [after SFT,] trained):
+    each run's accuracy with its interval, each gain over the run before with its paired one."""
     from rmkit.eval.compare import compare_stages
 
-    if not cfg.sft:
-        return None
-    st = compare_stages([cfg.before, cfg.sft, cfg.after], n_boot=cfg.n_boot, seed=cfg.seed)
-    (sft_gain, rl_gain), change = st["gains"], st["changes"][1]
-    table = {
+    st = compare_stages(dirs, n_boot=n_boot, seed=seed)
+    labels = STAGE_LABELS if len(dirs) == 3 else ("untrained", "trained")
+    return {
         "n_items": st["n_common"],
         "n_clusters": st["n_clusters"],
         "bootstrap": st["bootstrap"],
         "rows": [
             {"stage": label, "judge": r["model"], "accuracy": r["accuracy"],
-             "ci95_low": r["ci"][0], "ci95_high": r["ci"][1],
+             "overall": r["overall"], "ci95_low": r["ci"][0], "ci95_high": r["ci"][1],
              "gain": None if j == 0 else st["gains"][j - 1]["mean_diff"],
              "gain_ci95_low": None if j == 0 else st["gains"][j - 1]["ci"][0],
              "gain_ci95_high": None if j == 0 else st["gains"][j - 1]["ci"][1]}
-            for j, (label, r) in enumerate(zip(STAGE_LABELS, st["runs"], strict=True))
+            for j, (label, r) in enumerate(zip(labels, st["runs"], strict=True))
         ],
-        "verdicts_sft_to_rl": change,
+        "changes": st["changes"],
     }  # fmt: skip
-    overall = st["runs"][1]["overall"]
+
+
+def gain_keys(prefix: str, row: dict[str, Any]) -> dict[str, Any]:
+    """``<prefix>``, ``<prefix>_ci95_low/high`` and ``<prefix>_significant`` of a table row."""
+    low, high = row["gain_ci95_low"], row["gain_ci95_high"]
     return {
-        "accuracy_sft": overall if overall is not None else st["runs"][1]["accuracy"],
-        "sft_gain": sft_gain["mean_diff"],
-        "sft_gain_ci95_low": sft_gain["ci"][0],
-        "sft_gain_ci95_high": sft_gain["ci"][1],
-        "sft_gain_significant": sft_gain["ci"][0] > 0 or sft_gain["ci"][1] < 0,
-        "rl_gain": rl_gain["mean_diff"],
-        "rl_gain_ci95_low": rl_gain["ci"][0],
-        "rl_gain_ci95_high": rl_gain["ci"][1],
-        "rl_gain_significant": rl_gain["ci"][0] > 0 or rl_gain["ci"][1] < 0,
-        "verdicts_changed_sft_to_rl": change["fraction"],
+        prefix: row["gain"],
+        f"{prefix}_ci95_low": low,
+        f"{prefix}_ci95_high": high,
+        f"{prefix}_significant": low > 0 or high < 0,
+    }
+
+
+def stagewise_results(cfg: ReportStageConfig) -> dict[str, Any] | None:
+    """The stage-by-stage accounting of before -> sft -> after (None without ``cfg.sft``):
+    the flat ``results.json`` keys and the table (``stagewise``)."""
+    if not cfg.sft:
+        return None
+    table = stage_table([cfg.before, cfg.sft, cfg.after], cfg.n_boot, cfg.seed)
+    table["verdicts_sft_to_rl"] = table["changes"][1]
+    sft = table["rows"][1]
+    return {
+        "accuracy_sft": sft["overall"] if sft["overall"] is not None else sft["accuracy"],
+        **gain_keys("sft_gain", sft),
+        **gain_keys("rl_gain", table["rows"][2]),
+        "verdicts_changed_sft_to_rl": table["changes"][1]["fraction"],
         "stagewise": table,
     }
+
+
+def transfer_results(cfg: ReportStageConfig) -> dict[str, Any] | None:
+    """The transfer row (``cfg.transfer``: eval runs of a held-out set unlike the training data,
+    in training order): ``transfer_accuracy_<stage>``, each stage's gain, and the table."""
+    if not cfg.transfer:
+        return None
+    table = stage_table(cfg.transfer, cfg.n_boot, cfg.seed)
+    names = ("before", "sft", "after") if len(cfg.transfer) == 3 else ("before", "after")
+    out: dict[str, Any] = {
+        f"transfer_accuracy_{n}": r["accuracy"] for n, r in zip(names, table["rows"], strict=True)
+    }
+    out["n_transfer"], out["n_transfer_clusters"] = table["n_items"], table["n_clusters"]
+    gains = ("sft_gain", "rl_gain") if len(cfg.transfer) == 3 else ("gain",)
+    for key, row in zip(gains, table["rows"][1:], strict=True):
+        out.update(gain_keys(f"transfer_{key}", row))
+    out["transfer"] = table
+    return out
 
 
 def sample_lines(after: Path, k: int) -> list[str]:
@@ -200,6 +245,7 @@ def build_report(cfg: ReportStageConfig) -> dict[str, Any]:
     acc_before, acc_after = rows["overall"]
     low, high = cmp["ci"]
     staged = stagewise_results(cfg)
+    transfer = transfer_results(cfg)
     figures = ["accuracy.png"]
     if staged is None:
         bar_figure(
@@ -236,11 +282,16 @@ def build_report(cfg: ReportStageConfig) -> dict[str, Any]:
         "judge_after": cmp["model_b"],
         "train": stages,
     }
+    if cfg.split_name != "heldout":
+        results[f"n_{cfg.split_name}"] = cmp["n_common"]
+        results[f"n_{cfg.split_name}_clusters"] = cmp["n_clusters"]
     zero_var = [s["mean"][ZERO_VARIANCE] for s in stages.values() if ZERO_VARIANCE in s["mean"]]
     if zero_var:
         results["rl_zero_variance_groups"] = zero_var[-1]
     if staged is not None:
         results.update(staged)
+    if transfer is not None:
+        results.update(transfer)
     text = render_markdown(cfg, cmp, results, figures)
     write_json_atomic(out / RESULTS, results)
     write_text_atomic(out / REPORT, text)
@@ -330,20 +381,15 @@ def gain_phrase(low: float, high: float) -> str:
     return "no"
 
 
-def stagewise_lines(res: dict[str, Any]) -> list[str]:
-    """The stage-by-stage section of report.md (none without a ``stagewise`` table)."""
+def table_lines(st: dict[str, Any], n_boot: int, what: str) -> list[str]:
+    """A stage table (:func:`stage_table`) as markdown: one row per run, each gain's paired
+    interval and whether it excludes zero."""
     from rmkit.eval.compare import bootstrap_phrase
 
-    st = res.get("stagewise")
-    if not st:
-        return []
     clusters = f" in {st['n_clusters']} clusters" if st["bootstrap"] == "cluster" else ""
     lines = [
-        "",
-        "## Stage by stage",
-        "",
-        f"{st['n_items']} held-out items{clusters} judged by all three. A gain is over the row "
-        f"above. 95% intervals: {bootstrap_phrase(st)}, {res['n_boot']} resamples, of each "
+        f"{st['n_items']} {what}{clusters} judged by {'all three' if len(st['rows']) == 3 else 'both'}. A gain is over the "
+        f"row above. 95% intervals: {bootstrap_phrase(st)}, {n_boot} resamples, of each "
         "accuracy and (paired) of each gain.",
         "",
         "| stage | judge | accuracy | 95% CI | gain | 95% CI of the gain | excludes 0 |",
@@ -361,25 +407,41 @@ def stagewise_lines(res: dict[str, Any]) -> list[str]:
             f"| {r['stage']} | {r['judge']} | {pct(r['accuracy'])} | {ci} | {gain} | "
             f"{gain_ci} | {excl} |"
         )
-    lines.append("")
-    for name, key in (("SFT", "sft_gain"), ("RL", "rl_gain")):
-        low, high = res[f"{key}_ci95_low"], res[f"{key}_ci95_high"]
-        lines.append(
-            f"- {name}: {100 * res[key]:+.1f} points, 95% CI [{100 * low:+.1f}, {100 * high:+.1f}]: "
-            + (
-                "the interval excludes zero, a reliable gain."
-                if low > 0
-                else "the interval excludes zero, a reliable loss."
-                if high < 0
-                else "the interval includes zero, no reliable change."
+    return lines
+
+
+def stagewise_lines(res: dict[str, Any]) -> list[str]:
+    """The stage-by-stage section of report.md (none without a ``stagewise`` table), and the
+    transfer section when there is one."""
+    lines: list[str] = []
+    st = res.get("stagewise")
+    if st:
+        lines += ["", "## Stage by stage", ""]
+        lines += table_lines(st, res["n_boot"], "held-out items")
+        lines.append("")
+        for name, key in (("SFT", "sft_gain"), ("RL", "rl_gain")):
+            low, high = res[f"{key}_ci95_low"], res[f"{key}_ci95_high"]
+            lines.append(
+                f"- {name}: {100 * res[key]:+.1f} points, 95% CI "
+                f"[{100 * low:+.1f}, {100 * high:+.1f}]: "
+                + (
+                    "the interval excludes zero, a reliable gain."
+                    if low > 0
+                    else "the interval excludes zero, a reliable loss."
+                    if high < 0
+                    else "the interval includes zero, no reliable change."
+                )
             )
-        )
-    ch = st["verdicts_sft_to_rl"]
-    if ch["n"]:
-        lines.append(
-            f"- RL changed the verdict on {ch['changed']} of {ch['n']} items "
-            f"({pct(ch['fraction'])}): {ch['fixed']} now right, {ch['broken']} now wrong."
-        )
+        ch = st["verdicts_sft_to_rl"]
+        if ch["n"]:
+            lines.append(
+                f"- RL changed the verdict on {ch['changed']} of {ch['n']} items "
+                f"({pct(ch['fraction'])}): {ch['fixed']} now right, {ch['broken']} now wrong."
+            )
+    tr = res.get("transfer")
+    if tr:
+        lines += ["", "## Transfer", ""]
+        lines += table_lines(tr, res["n_boot"], "items of a held-out set unlike the training data")
     return lines
 
 

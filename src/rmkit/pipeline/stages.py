@@ -152,6 +152,9 @@ def run_report(stage: Stage, resume: bool) -> dict[str, Any]:
     res = build_report(stage.config)
     keep = ("accuracy_before", "accuracy_after", "n_heldout", "difference", "ci95_low")
     keep += ("ci95_high", "significant", "n_clusters", "bootstrap", *REPORT_STAGE_KEYS)
+    split = stage.config.split_name
+    keep += (f"n_{split}", f"n_{split}_clusters", "n_transfer", "n_transfer_clusters")
+    keep += tuple(k for k in res if k.startswith("transfer_"))
     return {k: res[k] for k in keep if k in res}
 
 

@@ -23,7 +23,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def test_quickstart_recipe_runs_on_the_tiny_model(tiny_text_model, tmp_path):
     overrides = [
         "vars.model=tiny-llama",
-        "vars.heldout=12",
+        "vars.eval_limit=12",
         "vars.think_tokens=8",
         "stages.sft.max_steps=2",
         "stages.sft.checkpoint.every_steps=1",
@@ -55,3 +55,14 @@ def test_quickstart_recipe_runs_on_the_tiny_model(tiny_text_model, tmp_path):
     results = json.loads((run / "report" / "results.json").read_text())
     assert results["train"]["sft"]["steps"] == 2 and results["train"]["rl"]["steps"] == 2
     assert "reward/total" in results["train"]["rl"]["last"]
+    # stage by stage on the final split, and the transfer row
+    sft = json.loads((run / "eval-sft" / "metrics.json").read_text())
+    assert results["accuracy_sft"] == sft["overall"]
+    assert results["n_final"] == 12 and results["n_final_clusters"] == 12  # one pair per fact
+    assert results["sft_gain"] + results["rl_gain"] == pytest.approx(results["difference"])
+    for key in ("sft_gain_ci95_low", "rl_gain_ci95_high", "verdicts_changed_sft_to_rl"):
+        assert key in on_disk
+    assert on_disk["n_transfer"] == 12 and on_disk["n_transfer_clusters"] == 6  # 2 per fact
+    assert "## Stage by stage" in report and "## Transfer" in report
+    data = json.loads((run / "eval-before" / "config.json").read_text())["data"]
+    assert "data-eval" in data  # built from examples/quickstart/final.jsonl

@@ -29,10 +29,13 @@ def rewards():
 def test_generator_reproduces_the_bundled_files(tmp_path):
     gen = _load("make_quickstart_data", REPO / "scripts" / "make_quickstart_data.py")
     stats = json.loads((QS / "stats.json").read_text())
-    argv = ["--kinds", "facts", "--train", str(stats["train"]), "--heldout", str(stats["heldout"]),
+    pairs = stats["pairs"]
+    argv = ["--kinds", "facts", "--train", str(pairs["train"]), "--dev", str(pairs["dev"]),
+            "--transfer-per-fact", str(stats["transfer_per_fact"]),
             "--seed", str(stats["seed"]), "--trace", stats["trace"], "--output", str(tmp_path)]  # fmt: skip
     assert gen.main(argv) == 0
-    for name in ("train.jsonl", "heldout.jsonl", "traces.jsonl", "stats.json"):
+    names = ("train.jsonl", "dev.jsonl", "final.jsonl", "transfer.jsonl", "traces.jsonl")
+    for name in (*names, "stats.json"):
         assert (tmp_path / name).read_bytes() == (QS / name).read_bytes(), name
 
 
@@ -51,11 +54,50 @@ def test_copy_traces_repeat_the_true_reply_with_its_shown_label():
             assert f"Response {k}: {row['chosen']} ({k})" in t["messages"][1]["content"]
 
 
-def test_heldout_questions_never_occur_in_training():
-    def questions(name):
-        return {json.loads(x)["question"] for x in (QS / name).read_text().splitlines()}
+def _rows(name: str) -> list[dict]:
+    return [json.loads(x) for x in (QS / name).read_text().splitlines()]
 
-    assert not questions("train.jsonl") & questions("heldout.jsonl")
+
+def test_pools_come_from_disjoint_facts():
+    """train, dev, final and transfer share no fact (cluster) and no question; final is one pair
+    per fact of the final banks; transfer is a relation family absent from train and dev."""
+    pools = {p: _rows(f"{p}.jsonl") for p in ("train", "dev", "final", "transfer")}
+    clusters = {p: {r["cluster"] for r in rows} for p, rows in pools.items()}
+    questions = {p: {r["question"] for r in rows} for p, rows in pools.items()}
+    names = sorted(pools)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            assert not clusters[a] & clusters[b], (a, b)
+            assert not questions[a] & questions[b], (a, b)
+    assert len(pools["final"]) == len(clusters["final"]) >= 200
+    assert len(pools["dev"]) >= 200
+    relations = {p: {c.split(":")[0] for c in clusters[p]} for p in pools}
+    assert not relations["transfer"] & (relations["train"] | relations["dev"] | relations["final"])
+    assert all(
+        r["cluster"] == r["rule"].replace(": ", ":", 1) for rows in pools.values() for r in rows
+    )
+
+
+def test_generator_refuses_a_fact_in_two_pools(tmp_path):
+    gen = _load("make_quickstart_data", REPO / "scripts" / "make_quickstart_data.py")
+    bank = tmp_path / "facts.yaml"
+    bank.write_text(
+        "capital:\n  question: What is the capital of {key}?\n"
+        "  sentence: The capital of {key} is {value}.\n"
+        "  facts: {France: Paris, Peru: Lima}\n  final: {Peru: Lima}\n"
+    )
+    with pytest.raises(ValueError, match="capital 'Peru' is in both"):
+        gen.load_facts(bank, 0)
+
+
+def test_no_tuning_input_reads_the_final_pool():
+    """Settings are chosen on dev: no experiment script or tuning recipe names final.jsonl; the
+    quickstart recipe reads it only through its reported-split variable."""
+    tuning = [*(REPO / "bench").rglob("*.py"), *(REPO / "bench").rglob("*.yaml")]
+    tuning += [*(REPO / "bench").rglob("*.sh")]
+    assert tuning
+    offenders = [str(p) for p in tuning if "final.jsonl" in p.read_text(errors="replace")]
+    assert not offenders, offenders
 
 
 def _messages(r1: str, r2: str) -> list[dict]:

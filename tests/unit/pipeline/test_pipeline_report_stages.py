@@ -184,3 +184,33 @@ def test_verdict_changes_count_any_changed_pick():
         "n": 4, "changed": 3, "fraction": 0.75, "fixed": 2, "broken": 0,
     }  # fmt: skip
     assert verdict_changes({}, {}, {}, {})["fraction"] is None
+
+
+def test_transfer_rows_and_split_name(tmp_path):
+    """A transfer set gets its own stage table and transfer_* keys; split_name adds n_<name>."""
+    runs = _runs(tmp_path / "main")
+    other = _runs(tmp_path / "transfer", clusters=False)
+    cfg = ReportStageConfig(
+        before=str(runs["before"]), sft=str(runs["sft"]), after=str(runs["after"]),
+        transfer=[str(other[k]) for k in ("before", "sft", "after")], split_name="final",
+        output=str(tmp_path / "report"), n_boot=500,
+    )  # fmt: skip
+    res = build_report(cfg)
+    assert (res["n_final"], res["n_final_clusters"]) == (30, 10)
+    assert res["transfer_accuracy_before"] == pytest.approx(10 / 30)
+    assert res["transfer_accuracy_sft"] == pytest.approx(27 / 30)
+    assert res["transfer_accuracy_after"] == pytest.approx(27 / 30)
+    assert (
+        res["transfer_sft_gain"] == pytest.approx(17 / 30) and res["transfer_sft_gain_significant"]
+    )
+    assert res["transfer_rl_gain"] == 0.0 and not res["transfer_rl_gain_significant"]
+    assert (res["n_transfer"], res["n_transfer_clusters"]) == (30, 30)  # no clusters: items
+    assert res["transfer"]["bootstrap"] == "item"
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "## Transfer" in md
+    assert "30 items of a held-out set unlike the training data judged by all three" in md
+    kept = run_report(SimpleNamespace(config=cfg), resume=False)
+    assert kept["n_final"] == 30 and kept["transfer_accuracy_after"] == pytest.approx(27 / 30)
+    assert "n_boot" not in kept and "transfer" not in kept
+    with pytest.raises(ValueError, match="split_name"):
+        ReportStageConfig(before="a", after="b", output="o", split_name="Final set")

@@ -14,6 +14,19 @@ def test_headline_states_the_gain_and_its_interval():
     )
 
 
+def test_headline_with_stages_credits_each_stage_with_its_own_gain():
+    summary = {"accuracy_before": 0.5, "accuracy_after": 0.84, "ci95_low": 0.25, "ci95_high": 0.42,
+               "n_heldout": 202, "n_clusters": 202, "bootstrap": "cluster",
+               "accuracy_sft": 0.8, "sft_gain": 0.3, "sft_gain_ci95_low": 0.21,
+               "sft_gain_ci95_high": 0.39, "rl_gain": 0.04, "rl_gain_ci95_low": -0.01,
+               "rl_gain_ci95_high": 0.09}  # fmt: skip
+    assert headline(summary) == (
+        "held-out accuracy 0.500 -> SFT 0.800 (+30.0 points, 95% CI [+21.0, +39.0]: a "
+        "significant gain) -> RL 0.840 (+4.0 points, 95% CI [-1.0, +9.0]: no clear change), "
+        "n=202 in 202 clusters"
+    )
+
+
 def test_headline_says_when_the_interval_straddles_zero_or_is_below():
     base = {"accuracy_before": 0.5, "n_heldout": 10}
     flat = headline({**base, "accuracy_after": 0.55, "ci95_low": -0.1, "ci95_high": 0.2})
