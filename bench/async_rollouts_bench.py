@@ -4,7 +4,7 @@ The quickstart's GRPO stage (``recipes/quickstart.yaml``: SmolLM2-135M-Instruct 
 r16, 4 prompts x 8 completions of <= 40 tokens, temperature 0.8, from the SFT cold start) runs
 twice from the same SFT adapter: synchronously (generation, then training, each on both cores)
 and with ``max_staleness: 1`` (the local engine's generator process on one core, the trainer on
-the other, overlapping). Each run is followed by the quickstart's held-out evaluation (200
+the other, overlapping). Each run is followed by the quickstart's dev evaluation (200
 pairs, likelihood verdicts after a greedy think block).
 
 Reported: mean step time over the steps after the first (the first also starts the generator
@@ -37,7 +37,8 @@ BIN = Path(sys.executable).parent
 
 
 def rmkit_run(out: Path, *args: str) -> None:
-    cmd = [str(BIN / "rmkit"), "run", str(RECIPE), "--output", str(out), *args]
+    # scored on the dev split: the final split is read only by the recipe's own runs
+    cmd = [str(BIN / "rmkit"), "run", str(RECIPE), "--output", str(out), "vars.split=dev", *args]
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, env={**os.environ, "RMKIT_NO_PROGRESS": "1"})
 
@@ -138,7 +139,15 @@ def main() -> None:
         folder = args.work / name
         if not (folder / "summary.json").is_file():
             # the same run folder (stage outputs are keyed by it), from the rl stage on
-            rmkit_run(base, "--from", "rl", f"stages.rl.max_steps={args.steps}", *extra)
+            rmkit_run(
+                base,
+                "--from",
+                "rl",
+                "--until",
+                "eval-after",
+                f"stages.rl.max_steps={args.steps}",
+                *extra,
+            )
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir(parents=True)
             for part in ("rl", "eval-after", "summary.json"):

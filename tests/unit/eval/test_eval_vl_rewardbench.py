@@ -184,7 +184,7 @@ def test_missing_image_names_the_file_and_field(tmp_path):
         run_eval(cfg, backend=ScriptedJudge())
 
 
-def test_save_to_disk_arrow_layout_with_the_output_inside_it(tmp_path):
+def test_save_to_disk_arrow_layout_and_an_output_inside_it_refused(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -201,18 +201,25 @@ def test_save_to_disk_arrow_layout_with_the_output_inside_it(tmp_path):
         (root / split / "state.json").write_text("{}")
         (root / split / "dataset_info.json").write_text("{}")
     (root / "dataset_dict.json").write_text('{"splits": ["test", "train"]}')
+    from rmkit.errors import RmkitError
+
+    inside = EvalConfig(
+        benchmark="vl-rewardbench", data=str(root), output=str(root / "out"),
+        judge={"model": "s"}, votes=1,
+    )  # fmt: skip
+    with pytest.raises(RmkitError, match="lies inside the input folder"):
+        run_eval(inside, backend=ScriptedJudge())  # a rerun would read its own output
+    assert not (root / "out").exists()
     cfg = EvalConfig(
         benchmark="vl-rewardbench",
         data=str(root),
-        output=str(root / "out"),
+        output=str(tmp_path / "out"),
         judge={"model": "s"},
         votes=1,
     )
     m = run_eval(cfg, backend=ScriptedJudge())
     assert m["n_loaded"] == 3 and m["overall"] == 1.0
-    assert (
-        run_eval(cfg, backend=ScriptedJudge(fail_after_calls=0))["n_loaded"] == 3
-    )  # out/ is not data
+    assert run_eval(cfg, backend=ScriptedJudge(fail_after_calls=0))["n_loaded"] == 3  # resumed
     cfg = EvalConfig(
         benchmark="vl-rewardbench",
         data=str(root),
@@ -220,7 +227,5 @@ def test_save_to_disk_arrow_layout_with_the_output_inside_it(tmp_path):
         judge={"model": "s"},
         split="dev",
     )
-    from rmkit.errors import RmkitError
-
     with pytest.raises(RmkitError, match=r"no files for split 'dev' \(splits found: test, train\)"):
         run_eval(cfg, backend=ScriptedJudge())

@@ -98,6 +98,11 @@ def test_no_tuning_input_reads_the_final_pool():
     assert tuning
     offenders = [str(p) for p in tuning if "final.jsonl" in p.read_text(errors="replace")]
     assert not offenders, offenders
+    # a script that runs the recipe (whose default split is final) sets the dev split
+    runners = [p for p in tuning if "quickstart.yaml" in p.read_text(errors="replace")]
+    assert runners
+    unset = [str(p) for p in runners if "vars.split=dev" not in p.read_text(errors="replace")]
+    assert not unset, unset
 
 
 def _messages(r1: str, r2: str) -> list[dict]:
