@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 
 help:
 	@echo "make demo       run the quickstart on the embedded default model"
-	@echo "make demo-long  the quickstart with 200 GRPO steps instead of 40 (about 45 minutes)"
+	@echo "make demo-long  the quickstart with 120 GRPO steps instead of 40 (about 30 minutes)"
 	@echo "make test       run the test suite (bootstraps .venv)"
 	@echo "make test-slow  run the slow-marked tests too"
 	@echo "make vllm       build vLLM's CPU server in its own venv ($(VLLM_VENV))"
@@ -36,9 +36,9 @@ demo: $(STAMP)
 	$(BIN)/rmkit run recipes/quickstart.yaml --output $(DEMO_OUT)
 	@echo "report: $(DEMO_OUT)/report.md"
 
-# The same pipeline with a five times longer RL stage (examples/quickstart/README.md).
+# The same pipeline with a three times longer RL stage (examples/quickstart/README.md).
 demo-long: $(STAMP)
-	$(BIN)/rmkit run recipes/quickstart.yaml --output $(DEMO_OUT)-long vars.rl_steps=200
+	$(BIN)/rmkit run recipes/quickstart.yaml --output $(DEMO_OUT)-long vars.rl_steps=120
 	@echo "report: $(DEMO_OUT)-long/report.md"
 
 test: $(STAMP)

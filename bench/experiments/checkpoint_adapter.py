@@ -1,7 +1,13 @@
 """Turn a LoRA train checkpoint (``checkpoints/step-K``) into a PEFT adapter folder, so that an
 intermediate RL step can be scored with ``rmkit eval --adapter``.
 
-    python bench/experiments/checkpoint_adapter.py RUN/rl/checkpoints/step-40 RUN/rl/final OUT
+    python bench/experiments/checkpoint_adapter.py STEP FINAL OUT [EVAL_CONFIG]
+
+e.g. ``STEP`` = ``runs/dev/s100/rl/checkpoints/step-40``, ``FINAL`` = a finished adapter of the
+same stage layout (``runs/dev/s100/sft/final`` while the RL stage still runs), ``OUT`` = the
+adapter folder to write. With ``EVAL_CONFIG`` (an eval stage's ``config.json``, e.g.
+``runs/dev/s100/eval-sft/config.json``), the adapter is then scored with those settings into
+``OUT/eval`` and the accuracy printed.
 
 ``final`` (the finished stage's adapter) supplies ``adapter_config.json`` and the tokenizer
 files; the weights come from the checkpoint's ``trainable.safetensors`` (single-process
@@ -34,5 +40,21 @@ def main(step: Path, final: Path, out: Path) -> None:
     print(f"{out}: {len(renamed)} tensors; identical to {final}: {same}")
 
 
+def score(out: Path, eval_config: Path) -> float:
+    import json
+
+    from rmkit.eval import EvalConfig, run_eval
+
+    spec = json.loads(eval_config.read_text())
+    spec["judge"]["adapter"] = str(out)
+    spec["output"] = str(out / "eval")
+    metrics = run_eval(EvalConfig(**{k: v for k, v in spec.items() if k != "kind"}))
+    print(f"{out}: accuracy {metrics['overall']}")
+    return metrics["overall"]
+
+
 if __name__ == "__main__":
-    main(*(Path(a) for a in sys.argv[1:4]))
+    paths = [Path(a) for a in sys.argv[1:5]]
+    main(*paths[:3])
+    if len(paths) == 4:
+        score(paths[2], paths[3])
