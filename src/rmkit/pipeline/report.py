@@ -187,8 +187,14 @@ def stagewise_results(cfg: ReportStageConfig) -> dict[str, Any] | None:
     table = stage_table([cfg.before, cfg.sft, cfg.after], cfg.n_boot, cfg.seed)
     table["verdicts_sft_to_rl"] = table["changes"][1]
     sft = table["rows"][1]
+    bounds = {
+        f"accuracy_{name}_ci95_{end}": row[f"ci95_{end}"]
+        for name, row in zip(("before", "sft", "after"), table["rows"], strict=True)
+        for end in ("low", "high")
+    }
     return {
         "accuracy_sft": sft["overall"] if sft["overall"] is not None else sft["accuracy"],
+        **bounds,
         **gain_keys("sft_gain", sft),
         **gain_keys("rl_gain", table["rows"][2]),
         "verdicts_changed_sft_to_rl": table["changes"][1]["fraction"],

@@ -55,6 +55,8 @@ REPORT_STAGE_KEYS = (
     "accuracy_sft", "sft_gain", "sft_gain_ci95_low", "sft_gain_ci95_high", "sft_gain_significant",
     "rl_gain", "rl_gain_ci95_low", "rl_gain_ci95_high", "rl_gain_significant",
     "verdicts_changed_sft_to_rl", "rl_zero_variance_groups",
+    "accuracy_before_ci95_low", "accuracy_before_ci95_high", "accuracy_sft_ci95_low",
+    "accuracy_sft_ci95_high", "accuracy_after_ci95_low", "accuracy_after_ci95_high",
 )  # fmt: skip
 
 

@@ -96,6 +96,13 @@ def test_report_accounts_for_each_stage(tmp_path):
     assert res["rl_gain_ci95_low"] < 0 < res["rl_gain_ci95_high"]
     assert not res["rl_gain_significant"]
     assert res["verdicts_changed_sft_to_rl"] == pytest.approx(3 / 30)  # q0, q27, q28
+    for name, acc in (("before", 10 / 30), ("sft", 27 / 30), ("after", 27 / 30)):
+        assert res[f"accuracy_{name}_ci95_low"] <= acc <= res[f"accuracy_{name}_ci95_high"]
+    # every fact has one right item of three before training: its cluster bootstrap cannot move
+    assert (
+        res["accuracy_before_ci95_low"] == res["accuracy_before_ci95_high"] == pytest.approx(1 / 3)
+    )
+    assert res["accuracy_sft_ci95_low"] < res["accuracy_sft_ci95_high"]
     st = res["stagewise"]
     assert (st["n_items"], st["n_clusters"], st["bootstrap"]) == (30, 10, "cluster")
     assert [r["stage"] for r in st["rows"]] == ["untrained", "after SFT", "after RL"]
