@@ -11,15 +11,12 @@ gets no target (reason ``target_format``).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rmkit.distill.inputs import caption_text, stored_messages
-from rmkit.distill.outputs import Item, caption_target, reject_line, trace_line
+from rmkit.distill.outputs import DistillRun, Item, caption_target, reject_line, trace_line
 from rmkit.distill.select import Judged
 from rmkit.prompts import JudgeTemplate, parse_verdict
-
-if TYPE_CHECKING:  # pragma: no cover
-    from rmkit.distill.engine import Distiller, Outcome
 
 
 def build_target(
@@ -37,19 +34,21 @@ def build_target(
     return target
 
 
-def cmkd_lines(run: Distiller, o: Outcome) -> dict[str, list[dict[str, Any]]]:
-    """Output lines of one caption record: the image record's trace (when a sample was
-    selected) and a reject line for every other sample."""
+def cmkd_lines(
+    run: DistillRun, item: Item, samples: list[Judged], extra: dict[str, Any]
+) -> dict[str, list[dict[str, Any]]]:
+    """Output lines of one caption record (its judged ``samples``, and ``extra`` as
+    :func:`rmkit.distill.outcome.judge_item` set it): the image record's trace (when a sample
+    was selected) and a reject line for every other sample."""
     from rmkit.prompts import render_judge_messages
 
-    item = o.item
     lines: dict[str, list[dict[str, Any]]] = {"traces": [], "rejects": []}
-    target = o.extra.get("target")
+    target = extra.get("target")
     if target is not None:
         assert item.image_record is not None and run.image_tpl is not None
         sent = render_judge_messages(item.image_record, item.order, run.image_tpl, run.cmkd_root)
         messages, images = stored_messages(sent, run.out)
-        best = next(s for s in o.samples if s.kept)
+        best = next(s for s in samples if s.kept)
         lines["traces"].append(
             trace_line(
                 item,
@@ -62,10 +61,10 @@ def cmkd_lines(run: Distiller, o: Outcome) -> dict[str, list[dict[str, Any]]]:
                 extra_meta={
                     "caption_record_id": item.id,
                     "caption_template": run.tpl.name,
-                    "reference_label": o.extra.get("reference"),
-                    "pseudo_label": o.extra.get("pseudo_label"),
+                    "reference_label": extra.get("reference"),
+                    "pseudo_label": extra.get("pseudo_label"),
                 },
             )
         )
-    lines["rejects"] = [reject_line(item, s) for s in o.samples if not s.kept]
+    lines["rejects"] = [reject_line(item, s) for s in samples if not s.kept]
     return lines

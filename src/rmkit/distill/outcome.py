@@ -3,8 +3,9 @@
 :func:`judge_item` parses and filters a record's samples (CMKD: selects the one that becomes the
 image record's target) into an :class:`Outcome`; after the batch-level filters (consistency,
 ``keep: one``) the :class:`~rmkit.distill.engine.Distiller` commits it with the lines and the
-done-log entry of :func:`record_lines`. The functions take the run for its config, templates and
-folders (as :func:`rmkit.distill.cmkd.cmkd_lines` does).
+done-log entry of :func:`record_lines`. The functions take the run
+(:class:`~rmkit.distill.outputs.DistillRun`) for its config, templates and folders, as
+:func:`rmkit.distill.cmkd.cmkd_lines` does.
 
 With ``sampling.attempts`` > 1 a record's outcome holds the samples of every attempt it took
 (attempt k's sample s has index ``(k - 1) * samples + s``), and every line it produces carries
@@ -15,15 +16,13 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rmkit.distill import select as S
+from rmkit.distill.cmkd import build_target, cmkd_lines
 from rmkit.distill.inputs import rebase_record, stored_messages
-from rmkit.distill.outputs import Item, record_reject_line, reject_line, trace_line
+from rmkit.distill.outputs import DistillRun, Item, record_reject_line, reject_line, trace_line
 from rmkit.distill.summary import sample_tokens
-
-if TYPE_CHECKING:  # pragma: no cover
-    from rmkit.distill.engine import Distiller
 
 
 @dataclass
@@ -76,7 +75,7 @@ def attempt_info(o: Outcome, max_attempts: int) -> dict[str, Any]:
     }
 
 
-def judge_item(run: Distiller, item: Item, conv: list[dict], comps: list[Any]) -> Outcome:
+def judge_item(run: DistillRun, item: Item, conv: list[dict], comps: list[Any]) -> Outcome:
     """The record's samples parsed and filtered (CMKD: the selection of its target)."""
     kind, label = S.record_target(item.record)
     samples = S.judge_completions(
@@ -97,9 +96,7 @@ def judge_item(run: Distiller, item: Item, conv: list[dict], comps: list[Any]) -
     return outcome
 
 
-def _select_cmkd(run: Distiller, item: Item, conv: list[dict], samples: list[S.Judged]) -> Outcome:
-    from rmkit.distill.cmkd import build_target
-
+def _select_cmkd(run: DistillRun, item: Item, conv: list[dict], samples: list[S.Judged]) -> Outcome:
     kind, label = S.record_target(item.record)
     best, reference, reason = S.select_cmkd(samples, kind, label, require_format=run.require_format)
     outcome = Outcome(item, conv, samples, record_reason=reason)
@@ -121,15 +118,13 @@ def _select_cmkd(run: Distiller, item: Item, conv: list[dict], samples: list[S.J
     return outcome
 
 
-def record_lines(run: Distiller, o: Outcome) -> tuple[dict[str, list[dict]], dict[str, Any]]:
+def record_lines(run: DistillRun, o: Outcome) -> tuple[dict[str, list[dict]], dict[str, Any]]:
     """The record's output lines by output file, and its done-log entry."""
-    from rmkit.distill.cmkd import cmkd_lines
-
     item = o.item
     info = attempt_info(o, run.cfg.sampling.attempts)
     lines: dict[str, list[dict]] = {"traces": [], "rejects": []}
     if run.cfg.mode == "cmkd":
-        lines = cmkd_lines(run, o)
+        lines = cmkd_lines(run, o.item, o.samples, o.extra)
     else:
         lines["traces"] = _trace_lines(run, o, info)
         lines["rejects"] = [reject_line(item, s) for s in o.samples if not s.kept]
@@ -171,7 +166,7 @@ def record_lines(run: Distiller, o: Outcome) -> tuple[dict[str, list[dict]], dic
     return lines, entry
 
 
-def _labelled_record(run: Distiller, item: Item, info: dict[str, Any]) -> dict[str, Any]:
+def _labelled_record(run: DistillRun, item: Item, info: dict[str, Any]) -> dict[str, Any]:
     """The record for rl.jsonl / hard.jsonl (image paths relative to the output folder), with
     the attempt label in its ``meta``."""
     rec = rebase_record(item.record, run.image_root, run.out)
@@ -180,7 +175,7 @@ def _labelled_record(run: Distiller, item: Item, info: dict[str, Any]) -> dict[s
     return rec
 
 
-def _trace_lines(run: Distiller, o: Outcome, info: dict[str, Any]) -> list[dict]:
+def _trace_lines(run: DistillRun, o: Outcome, info: dict[str, Any]) -> list[dict]:
     kept = [s for s in o.samples if s.kept]
     if not kept:
         return []

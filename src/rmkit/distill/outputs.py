@@ -15,9 +15,29 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rmkit.distill.select import Judged
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rmkit.distill.config import DistillConfig
+    from rmkit.prompts import JudgeTemplate
+
+
+class DistillRun(Protocol):
+    """What turning a record's samples into output lines reads from the run
+    (:class:`rmkit.distill.engine.Distiller` is one)."""
+
+    cfg: DistillConfig
+    out: Path
+    tpl: JudgeTemplate
+    image_tpl: JudgeTemplate | None
+    image_root: Path
+    cmkd_root: Path | None
+    strict: bool
+    require_format: bool
+
 
 _TAGS = re.compile(r"</?(?:type|caption|think|answer)>", re.IGNORECASE)
 
