@@ -164,11 +164,11 @@ def _scored_with_verdicts(
 ) -> tuple[dict[str, Any], dict[str, float], dict[str, Any], dict[str, tuple]]:
     """:func:`_scored` and each item's verdicts: the ``pick`` of each of its samples (the
     candidate index, ``"tie"``/``"both_bad"``, or None when nothing was parsed), in sample order."""
-    from rmkit.eval.metrics import compute_metrics
+    from rmkit.eval.benchmarks import benchmark_metrics
     from rmkit.eval.outputs import load_run
 
     config, dataset, preds = load_run(out)
-    metrics, score = compute_metrics(preds, config, dataset)
+    metrics, score = benchmark_metrics(preds, config, dataset)
     clusters: dict[str, Any] = {}
     picks: dict[str, list[tuple[int, Any]]] = {}
     for p in preds:

@@ -170,16 +170,17 @@ def position_stats(
 
 
 def compute_metrics(
-    predictions: list[dict[str, Any]], config: dict[str, Any], dataset: dict[str, Any] | None = None
+    predictions: list[dict[str, Any]],
+    config: dict[str, Any],
+    dataset: dict[str, Any] | None,
+    score_items: Callable[[list[ItemResult]], BenchScore],
 ) -> tuple[dict[str, Any], BenchScore]:
     """``metrics.json`` content from deduplicated, sorted prediction lines, the resolved config
-    (a dict as saved in ``config.json``) and the loading summary (``dataset.json``, optional).
-    Also returns the benchmark's full score."""
-    from rmkit.eval.benchmarks import BENCHMARKS
-
-    spec = BENCHMARKS[config["benchmark"]]
+    (a dict as saved in ``config.json``), the loading summary (``dataset.json``, optional) and
+    the benchmark's scoring function (:func:`rmkit.eval.benchmarks.benchmark_metrics` passes
+    the registered one). Also returns the benchmark's full score."""
     items = collect_items(predictions, int(config["seed"]))
-    score = spec.score(items)
+    score = score_items(items)
     head = score.protocols[score.headline]
     n_slots = 2 if config.get("orders") == "both" else 1
     judge = config.get("judge") or {}

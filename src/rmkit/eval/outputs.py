@@ -99,12 +99,12 @@ def load_run(out: str | Path) -> tuple[dict[str, Any], dict[str, Any] | None, li
 
 def finalize(out: str | Path) -> dict[str, Any]:
     """Compute and write ``metrics.json``, ``report.md`` and the chart from the saved run."""
-    from rmkit.eval.metrics import compute_metrics
+    from rmkit.eval.benchmarks import benchmark_metrics
     from rmkit.eval.report import render_markdown, write_chart
 
     out = Path(out)
     config, dataset, preds = load_run(out)
-    metrics, _score = compute_metrics(preds, config, dataset)
+    metrics, _score = benchmark_metrics(preds, config, dataset)
     if dataset is not None and metrics["n_judged"] < metrics["n_loaded"]:
         log.warning(
             "%s: only %d of %d items have predictions (an unfinished run?)",

@@ -21,6 +21,7 @@ from rmkit.eval.benchmarks import (
     rewardbench2,
     vl_rewardbench,
 )
+from rmkit.eval.metrics import BenchScore, compute_metrics
 
 
 @dataclass(frozen=True)
@@ -93,3 +94,10 @@ BENCHMARKS: dict[str, Benchmark] = {
         default_split="test",
     ),
 }
+
+
+def benchmark_metrics(
+    predictions: list[dict[str, Any]], config: dict[str, Any], dataset: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], BenchScore]:
+    """:func:`rmkit.eval.metrics.compute_metrics` with the scoring of ``config["benchmark"]``."""
+    return compute_metrics(predictions, config, dataset, BENCHMARKS[config["benchmark"]].score)
