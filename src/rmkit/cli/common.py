@@ -119,7 +119,7 @@ def print_config(cfg: Any) -> None:
     """Print a resolved config as YAML on stdout (for --dry-run)."""
     import yaml
 
-    from rmkit.generation.config import redact_secrets
+    from rmkit.utils.redact import redact_secrets
 
     data = redact_secrets(cfg.model_dump(mode="json") if hasattr(cfg, "model_dump") else cfg)
     print(yaml.safe_dump(data, sort_keys=False), end="")

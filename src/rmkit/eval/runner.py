@@ -27,9 +27,9 @@ from rmkit.eval.outputs import CONFIG_FILE, DATASET_FILE, check_resumable, final
 from rmkit.eval.position import Pick, plan_order, split_sample
 from rmkit.eval.predictions import PREDICTIONS, PredictionWriter, done_keys, read_predictions
 from rmkit.eval.tables import LoadContext
-from rmkit.generation.config import redact_secrets
 from rmkit.utils.io import clean_stale_tmp, write_json_atomic
 from rmkit.utils.lock import lock_output
+from rmkit.utils.redact import redact_secrets
 
 log = logging.getLogger(__name__)
 

@@ -51,9 +51,9 @@ from typing import Any
 
 from rmkit.errors import RmkitError
 from rmkit.generation.base import Completion, CompletionCache, SamplingParams
-from rmkit.generation.config import redact_url
 from rmkit.generation.openai_request import OpenAIRequests
 from rmkit.generation.openai_stream import StreamCall, stream_results
+from rmkit.utils.redact import redact_url
 
 log = logging.getLogger(__name__)
 

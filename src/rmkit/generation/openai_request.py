@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 from rmkit.errors import RmkitError
 from rmkit.generation import retry as rp
 from rmkit.generation.base import Completion, CompletionCache, SamplingParams
-from rmkit.generation.config import redact_url
 from rmkit.generation.openai_wire import Retryable, decode_answer, request_bytes, server_message
+from rmkit.utils.redact import redact_url
 
 if TYPE_CHECKING:  # pragma: no cover
     from rmkit.generation.openai_stream import SharedPrompt, StreamCall

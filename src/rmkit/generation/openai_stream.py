@@ -26,16 +26,29 @@ import queue
 import threading
 from collections.abc import Coroutine, Iterable, Iterator
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from rmkit.errors import RmkitError
 from rmkit.generation.base import Completion, SamplingParams, canonical_messages, request_key
 from rmkit.generation.openai_wire import encode_messages
 
-if TYPE_CHECKING:  # pragma: no cover
-    from rmkit.generation.openai_api import OpenAIBackend
-
 log = logging.getLogger(__name__)
+
+
+class StreamBackend(Protocol):
+    """What a call reads from its backend (:class:`rmkit.generation.openai_api.OpenAIBackend`
+    is one): the request limit, the error policy, the cache and the per-sample request."""
+
+    concurrency: int
+    on_error: str
+    cache: Any  # a CompletionCache, or None
+
+    async def job(
+        self, call: StreamCall, key: str, prompt: SharedPrompt, index: int
+    ) -> Completion | RmkitError: ...
+
+    def count_cache_hit(self, comp: Completion) -> None: ...
+
 
 _END = object()  # queued after the call's coroutine has finished
 
@@ -50,7 +63,7 @@ class StreamCall:
 
     def __init__(
         self,
-        backend: OpenAIBackend,
+        backend: StreamBackend,
         conversations: Iterable[list[dict]],
         params: SamplingParams,
         *,

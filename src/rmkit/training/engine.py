@@ -189,7 +189,6 @@ def setup_run(cfg, resume: bool, select=None) -> Run:
     import torch
     from accelerate.utils import set_seed
 
-    from rmkit.generation.config import redact_secrets
     from rmkit.training.checkpoint import latest_checkpoint, load_checkpoint
     from rmkit.training.data import DataOrder, image_roots, load_training_records, total_steps
     from rmkit.training.metrics import MetricsLogger
@@ -197,6 +196,7 @@ def setup_run(cfg, resume: bool, select=None) -> Run:
     from rmkit.training.optim import build_optimizer, build_scheduler
     from rmkit.training.sharding import fsdp2_modules, gather_params, shard_model
     from rmkit.utils.io import write_text_atomic
+    from rmkit.utils.redact import redact_secrets
 
     out = Path(cfg.output)
     accel = make_accelerator(cfg)

@@ -7,7 +7,7 @@ import socket
 
 from tests.integration.distill.distill_helpers import cli_env, start_cli
 
-from rmkit.generation.config import redact_secrets, redact_url
+from rmkit.utils.redact import redact_secrets, redact_url
 
 
 def test_redact_url_strips_userinfo_and_secret_query_values():
